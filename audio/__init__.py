@@ -1,0 +1,1 @@
+"""Audio branch: GTZAN-style features, mel spectrograms, and the models over them."""

@@ -1,0 +1,1 @@
+"""Image branch: covers → backbone → logits / embeddings."""

@@ -1,0 +1,1 @@
+"""Data layer: collections → one item table → label set → saved split."""

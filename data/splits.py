@@ -1,0 +1,146 @@
+"""The one split definition: seeded, stratified, group-aware by default, saved and reused."""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold, train_test_split
+
+log = logging.getLogger(__name__)
+
+PROTOCOLS = ("group", "random", "predefined")
+SPLIT_NAMES = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    """How to split.
+
+    ``group``: stratified, items of one ``group`` (md5 / release / artist / parent clip) never
+    straddle train/val/test. ``random``: the reference paper's plain stratified split, ignoring
+    groups. ``predefined``: an external item → split table (GTZAN fault-filtered), joined on
+    ``predefined_key``. ``test_fraction`` is of all items; ``val_fraction`` of what remains.
+    """
+
+    protocol: str = "group"
+    seed: int = 42
+    test_fraction: float = 0.2
+    val_fraction: float = 0.1
+    predefined_path: str | None = None
+    predefined_key: str = "clip_id"
+
+    def __post_init__(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"split protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
+        if self.protocol == "predefined" and not self.predefined_path:
+            raise ValueError("split protocol 'predefined' needs predefined_path")
+        for name in ("test_fraction", "val_fraction"):
+            value = getattr(self, name)
+            if not 0 < value < 1:
+                raise ValueError(f"{name} must be in (0, 1), got {value}")
+
+
+def _group_fold(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Boolean mask of one stratified group fold holding about ``fraction`` of the items."""
+    n_splits = max(2, round(1 / fraction))
+    folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    _, held = next(folds.split(np.zeros(len(labels)), labels, groups))
+    mask = np.zeros(len(labels), dtype=bool)
+    mask[held] = True
+    return mask
+
+
+def make_split(items: pd.DataFrame, spec: SplitSpec) -> pd.DataFrame:
+    """Assign every item to ``train``, ``val`` or ``test``.
+
+    Returns columns ``item_id, label, group, split``. Items absent from a predefined split
+    table are left out (and logged).
+    """
+    base = items[["item_id", "label", "group"]].reset_index(drop=True).copy()
+    labels, groups = base["label"].to_numpy(), base["group"].to_numpy()
+    if spec.protocol == "predefined":
+        from data.gtzan import load_predefined_split
+
+        table = load_predefined_split(spec.predefined_path)
+        keys = items[spec.predefined_key].reset_index(drop=True)
+        lookup = dict(zip(table["clip_id"], table["split"]))
+        base["split"] = keys.map(lookup)
+        missing = base["split"].isna()
+        if missing.any():
+            log.info("predefined split: %d items not listed, left out", int(missing.sum()))
+        return base[~missing].reset_index(drop=True)
+    if spec.protocol == "group":
+        test = _group_fold(labels, groups, spec.test_fraction, spec.seed)
+        rest = np.flatnonzero(~test)
+        val = np.zeros(len(base), dtype=bool)
+        val[rest[_group_fold(labels[rest], groups[rest], spec.val_fraction, spec.seed + 1)]] = True
+    else:
+        index = np.arange(len(base))
+        train_val, test_index = train_test_split(
+            index, test_size=spec.test_fraction, stratify=labels, random_state=spec.seed
+        )
+        _, val_index = train_test_split(
+            train_val, test_size=spec.val_fraction, stratify=labels[train_val], random_state=spec.seed
+        )
+        test = np.isin(index, test_index)
+        val = np.isin(index, val_index)
+    base["split"] = np.where(test, "test", np.where(val, "val", "train"))
+    return base
+
+
+def straddling_groups(split: pd.DataFrame) -> list[str]:
+    """Groups whose items fall in more than one split part (empty for a leak-free split)."""
+    per_group = split.groupby("group")["split"].nunique()
+    return sorted(per_group.index[per_group > 1])
+
+
+def split_counts(split: pd.DataFrame) -> pd.DataFrame:
+    """Items per label (rows) and split part (columns)."""
+    return pd.crosstab(split["label"], split["split"]).reindex(columns=list(SPLIT_NAMES), fill_value=0)
+
+
+def load_or_make_split(items: pd.DataFrame, spec: SplitSpec, path: str | Path, label_set: list[str]) -> pd.DataFrame:
+    """Reuse the split saved at ``path`` or make it and save it (CSV + ``.json`` description).
+
+    A saved split whose items differ from ``items`` is an error: silently re-splitting would
+    make runs that share the split name incomparable.
+    """
+    path = Path(path)
+    meta_path = path.with_suffix(".json")
+    if path.is_file():
+        split = pd.read_csv(path, dtype=str, keep_default_na=False)
+        expected = set(items["item_id"])
+        if spec.protocol == "predefined":
+            ok = set(split["item_id"]) <= expected
+        else:
+            ok = set(split["item_id"]) == expected
+        if not ok:
+            raise ValueError(
+                f"The saved split {path} lists other items than this data gives (the data or "
+                "its loading changed). Delete it to make a new split, or set split.name to "
+                "another name."
+            )
+        log.info("reusing split %s", path)
+        return split
+    split = make_split(items, spec)
+    if spec.protocol != "random":
+        leaks = straddling_groups(split)
+        if leaks:
+            raise AssertionError(f"group split leaks {len(leaks)} groups, e.g. {leaks[:3]}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    split.to_csv(tmp, index=False)
+    tmp.replace(path)
+    meta = {
+        **asdict(spec),
+        "label_set": list(label_set),
+        "counts": split_counts(split).to_dict(orient="index"),
+        "straddling_groups": len(straddling_groups(split)),
+    }
+    meta_path.write_text(json.dumps(meta, indent=2))
+    log.info("saved split %s", path)
+    return split

@@ -1,0 +1,1 @@
+"""Shared machinery used by every branch and the fusion head: trainer, evaluation, run folders."""

@@ -1,0 +1,43 @@
+"""Config helpers shared by the Hydra entry points."""
+from __future__ import annotations
+
+from dataclasses import fields
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from data.root import resolve_data_root
+from data.splits import SplitSpec
+from engine.trainer import TrainerConfig
+
+
+def _data_path(relative: str, *, _root_: DictConfig) -> str:
+    configured = OmegaConf.select(_root_, "paths.data_root", default=None)
+    return str(resolve_data_root(configured) / relative)
+
+
+def register_resolvers() -> None:
+    """``${data_root:covers/covers.csv}`` → the file under the resolved data root."""
+    if not OmegaConf.has_resolver("data_root"):
+        OmegaConf.register_new_resolver("data_root", _data_path)
+
+
+def _dataclass_from(cls: type, node: DictConfig | dict, where: str) -> Any:
+    values = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
+    return cls(**values)
+
+
+def trainer_config(cfg: DictConfig, override: DictConfig | dict | None = None) -> TrainerConfig:
+    """``cfg.trainer`` with a branch's own trainer settings laid over it, checked for typos."""
+    merged = OmegaConf.merge(cfg.trainer, override or {})
+    return _dataclass_from(TrainerConfig, merged, "trainer")
+
+
+def split_spec(cfg: DictConfig) -> SplitSpec:
+    node = OmegaConf.to_container(cfg.split, resolve=True)
+    node.pop("name", None)
+    return _dataclass_from(SplitSpec, node, "split")

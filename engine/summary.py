@@ -1,0 +1,21 @@
+"""Printed result tables."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def results_table(rows: dict[str, dict[str, Any]]) -> str:
+    """Markdown table: one row per model, headline metrics with their 95% bootstrap intervals."""
+    lines = ["| model | n | accuracy | balanced acc. | macro-F1 |", "|---|---|---|---|---|"]
+    for name, m in rows.items():
+        cells = [f"{m[k]:.3f} [{m['ci95'][k][0]:.3f}, {m['ci95'][k][1]:.3f}]"
+                 for k in ("accuracy", "balanced_accuracy", "macro_f1")]
+        lines.append(f"| {name} | {m['n']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def print_results(rows: dict[str, dict[str, Any]], run_dir: Path) -> None:
+    table = results_table(rows)
+    (run_dir / "results.md").write_text(table + "\n")
+    print("\n" + table + "\n\n(95% bootstrap intervals in brackets)\nRun folder: " + str(run_dir))

@@ -1,0 +1,260 @@
+"""The one training loop for every torch model in genrefusion.
+
+A model maps a batch of inputs to logits ``(batch, n_classes)``; datasets yield
+``(inputs, target)`` pairs where ``inputs`` is a tensor or a tuple of tensors (hybrid models).
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+log = logging.getLogger(__name__)
+
+BEST_CHECKPOINT = "checkpoint.pt"
+RESUME_CHECKPOINT = "last.pt"
+
+
+@dataclass
+class TrainerConfig:
+    """Optimisation recipe. Defaults are the reference paper's (AdamW 1e-4, cosine, patience 5, ≤50 epochs)."""
+
+    optimizer: str = "adamw"  # "adamw" or "sgd"
+    lr: float = 1e-4
+    weight_decay: float = 1e-2
+    momentum: float = 0.9  # sgd only
+    scheduler: str = "cosine"  # "cosine" (annealed over max_epochs) or "none"
+    label_smoothing: float = 0.0
+    class_weights: Sequence[float] | None = None
+    max_epochs: int = 50
+    patience: int = 5
+    batch_size: int = 32
+    seed: int = 42
+    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
+    amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
+    num_workers: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("adamw", "sgd"):
+            raise ValueError(f"trainer.optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
+        if self.scheduler not in ("cosine", "none"):
+            raise ValueError(f"trainer.scheduler must be 'cosine' or 'none', got {self.scheduler!r}")
+        if self.max_epochs < 1 or self.patience < 1 or self.batch_size < 1:
+            raise ValueError("trainer.max_epochs, patience and batch_size must be ≥ 1")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"trainer.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+
+
+@dataclass
+class FitResult:
+    best_epoch: int
+    best_val_loss: float
+    epochs_run: int
+    stopped_early: bool
+    history: pd.DataFrame
+    checkpoint_path: Path
+    seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch so model initialisation and training repeat exactly on CPU."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"trainer.device={name} but no CUDA device is available; use device=cpu or auto")
+    return device
+
+
+def balanced_class_weights(targets: Sequence[int], n_classes: int) -> list[float]:
+    """Weights ``n / (k · count_c)`` (scikit-learn's 'balanced'); a class absent from training gets 0."""
+    counts = np.bincount(np.asarray(targets, dtype=int), minlength=n_classes).astype(float)
+    weights = np.where(counts > 0, counts.sum() / (n_classes * np.maximum(counts, 1)), 0.0)
+    return weights.tolist()
+
+
+def _to_device(inputs: Any, device: torch.device) -> Any:
+    if isinstance(inputs, (tuple, list)):
+        return type(inputs)(_to_device(x, device) for x in inputs)
+    return inputs.to(device, non_blocking=True)
+
+
+def _autocast(device: torch.device, enabled: bool):
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
+
+
+def _loader(dataset: Dataset, config: TrainerConfig, shuffle: bool, epoch: int = 0) -> DataLoader:
+    # A generator seeded per epoch makes the batch order a function of (seed, epoch) alone, so
+    # a resumed run sees exactly the batches the uninterrupted run would have seen.
+    generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch) if shuffle else None
+    return DataLoader(
+        dataset, batch_size=config.batch_size, shuffle=shuffle, generator=generator,
+        num_workers=config.num_workers, pin_memory=torch.cuda.is_available(),
+    )
+
+
+def _run_epoch(model, loader, criterion, device, config, optimizer=None, desc="") -> tuple[float, float]:
+    training = optimizer is not None
+    model.train(training)
+    total_loss, correct, seen = 0.0, 0, 0
+    batches = tqdm(loader, desc=desc, leave=False, disable=not config.progress)
+    with torch.set_grad_enabled(training):
+        for inputs, targets in batches:
+            inputs, targets = _to_device(inputs, device), targets.to(device)
+            with _autocast(device, config.amp):
+                logits = model(inputs)
+            loss = criterion(logits.float(), targets)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"{desc}: loss became {loss.item()}; lower trainer.lr or check inputs")
+            if training:
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+            total_loss += loss.item() * len(targets)
+            correct += (logits.argmax(1) == targets).sum().item()
+            seen += len(targets)
+    return total_loss / max(seen, 1), correct / max(seen, 1)
+
+
+def _build_optimizer(model: nn.Module, config: TrainerConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def fit(
+    model: nn.Module,
+    train_set: Dataset,
+    val_set: Dataset,
+    config: TrainerConfig,
+    run_dir: str | Path,
+    metadata: dict[str, Any] | None = None,
+    resume: bool = True,
+    stop_after_epoch: int | None = None,
+) -> FitResult:
+    """Train ``model`` with early stopping on validation loss; the best weights end up in ``model``.
+
+    Writes into ``run_dir``: ``history.csv`` (one row per epoch), ``checkpoint.pt`` (best
+    state dict + ``metadata`` such as the label list and config) and ``last.pt`` (everything
+    needed to resume). With ``resume=True`` and a ``last.pt`` present, training continues from
+    it. ``stop_after_epoch`` ends the run after that epoch as an interruption would (tests).
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(config.device)
+    model.to(device)
+    weights = torch.tensor(config.class_weights, dtype=torch.float32, device=device) if config.class_weights else None
+    criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=config.label_smoothing)
+    optimizer = _build_optimizer(model, config)
+    scheduler = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.max_epochs)
+        if config.scheduler == "cosine" else None
+    )
+    state = {"epoch": 0, "best_val_loss": math.inf, "best_epoch": 0, "bad_epochs": 0, "history": []}
+    best_state = copy.deepcopy(model.state_dict())
+    resume_path = run_dir / RESUME_CHECKPOINT
+    if resume and resume_path.is_file():
+        saved = torch.load(resume_path, map_location=device, weights_only=False)
+        if saved["config"] != asdict(config):
+            raise ValueError(f"{resume_path} was written with another trainer config; use a new run folder")
+        model.load_state_dict(saved["model_state"])
+        optimizer.load_state_dict(saved["optimizer_state"])
+        if scheduler is not None:
+            scheduler.load_state_dict(saved["scheduler_state"])
+        best_state = saved["best_state"]
+        state = saved["loop_state"]
+        torch.set_rng_state(saved["torch_rng"])
+        log.info("resuming %s after epoch %d", run_dir, state["epoch"])
+
+    started = time.perf_counter()
+    stopped_early = state["bad_epochs"] >= config.patience
+    epochs = tqdm(range(state["epoch"] + 1, config.max_epochs + 1), desc="epochs", disable=not config.progress,
+                  initial=state["epoch"], total=config.max_epochs)
+    for epoch in epochs:
+        if stopped_early:
+            break
+        tic = time.perf_counter()
+        lr = optimizer.param_groups[0]["lr"]
+        train_loss, train_acc = _run_epoch(model, _loader(train_set, config, True, epoch), criterion, device,
+                                           config, optimizer, desc=f"train {epoch}")
+        val_loss, val_acc = _run_epoch(model, _loader(val_set, config, False), criterion, device, config,
+                                       desc=f"val {epoch}")
+        if scheduler is not None:
+            scheduler.step()
+        improved = val_loss < state["best_val_loss"]
+        if improved:
+            state.update(best_val_loss=val_loss, best_epoch=epoch, bad_epochs=0)
+            best_state = copy.deepcopy(model.state_dict())
+            torch.save({"model_state": best_state, "epoch": epoch, "val_loss": val_loss,
+                        "trainer": asdict(config), **(metadata or {})}, run_dir / BEST_CHECKPOINT)
+        else:
+            state["bad_epochs"] += 1
+        state["epoch"] = epoch
+        state["history"].append({"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
+                                 "val_loss": val_loss, "val_acc": val_acc, "lr": lr,
+                                 "seconds": time.perf_counter() - tic})
+        pd.DataFrame(state["history"]).to_csv(run_dir / "history.csv", index=False)
+        stopped_early = state["bad_epochs"] >= config.patience
+        tmp = resume_path.with_suffix(".tmp")
+        torch.save({"model_state": model.state_dict(), "optimizer_state": optimizer.state_dict(),
+                    "scheduler_state": scheduler.state_dict() if scheduler else None,
+                    "best_state": best_state, "loop_state": state, "torch_rng": torch.get_rng_state(),
+                    "config": asdict(config)}, tmp)
+        tmp.replace(resume_path)
+        epochs.set_postfix(train_loss=f"{train_loss:.3f}", val_loss=f"{val_loss:.3f}", val_acc=f"{val_acc:.3f}")
+        if stop_after_epoch is not None and epoch >= stop_after_epoch:
+            break
+    model.load_state_dict(best_state)
+    return FitResult(
+        best_epoch=state["best_epoch"], best_val_loss=state["best_val_loss"], epochs_run=state["epoch"],
+        stopped_early=stopped_early, history=pd.DataFrame(state["history"]),
+        checkpoint_path=run_dir / BEST_CHECKPOINT, seconds=time.perf_counter() - started,
+    )
+
+
+@torch.no_grad()
+def predict_proba(model: nn.Module, dataset: Dataset, batch_size: int = 256, device: str = "auto",
+                  progress: bool = False) -> np.ndarray:
+    """Class probabilities ``(n_items, n_classes)`` in dataset order."""
+    device_ = resolve_device(device)
+    model.to(device_).eval()
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    chunks = []
+    for inputs, _ in tqdm(loader, desc="predict", leave=False, disable=not progress):
+        with _autocast(device_, True):
+            logits = model(_to_device(inputs, device_))
+        chunks.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
+    return np.concatenate(chunks) if chunks else np.zeros((0, 0))
+
+
+def load_checkpoint(path: str | Path, model: nn.Module | None = None) -> dict[str, Any]:
+    """Read a ``checkpoint.pt``; with ``model``, load its weights into it. Returns the whole record."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"No checkpoint at {path}")
+    record = torch.load(path, map_location="cpu", weights_only=False)
+    if model is not None:
+        model.load_state_dict(record["model_state"])
+    return record

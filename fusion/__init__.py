@@ -1,0 +1,1 @@
+"""Late fusion of the branches' cached outputs."""

@@ -1,0 +1,27 @@
+import pytest
+
+from data.root import DataRootError, require_files, resolve_data_root
+
+
+def test_env_var_wins(tmp_path, monkeypatch):
+    monkeypatch.setenv("GENREFUSION_DATA", str(tmp_path))
+    assert resolve_data_root("/somewhere/else") == tmp_path.resolve()
+
+
+def test_configured_root_used_without_env(tmp_path, monkeypatch):
+    monkeypatch.delenv("GENREFUSION_DATA", raising=False)
+    assert resolve_data_root(tmp_path) == tmp_path.resolve()
+
+
+def test_missing_root_names_where_it_looked(tmp_path, monkeypatch):
+    monkeypatch.setenv("GENREFUSION_DATA", str(tmp_path / "nope"))
+    with pytest.raises(DataRootError) as error:
+        resolve_data_root()
+    assert str(tmp_path / "nope") in str(error.value)
+    assert "GENREFUSION_DATA" in str(error.value)
+
+
+def test_incomplete_root_lists_missing_parts(tmp_path):
+    (tmp_path / "covers").mkdir()
+    with pytest.raises(DataRootError, match="gtzan/features_30_sec.csv"):
+        require_files(tmp_path, ["covers", "gtzan/features_30_sec.csv"], "the audio branch")

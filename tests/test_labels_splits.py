@@ -1,0 +1,85 @@
+import pandas as pd
+import pytest
+
+from data.labels import apply_label_set, resolve_label_set
+from data.prepare import prepare_items
+from data.splits import SplitSpec, load_or_make_split, make_split, straddling_groups
+
+
+def test_label_sets_and_aliases(covers_loaded):
+    assert resolve_label_set("paper5") == ["rap", "country", "pop", "jazz", "rock"]
+    with pytest.raises(ValueError):
+        resolve_label_set("paper9")
+    items, counts = apply_label_set(covers_loaded.items, resolve_label_set("paper3"))
+    assert set(items["label"]) == {"rap", "country", "pop"}
+    assert counts["kept"] + counts["out_of_set"] == len(covers_loaded.items)
+    assert (items["label"] == "rap").sum() == 899 + 199  # discogs + spotify hiphop
+
+
+def test_md5_duplicates_collapse_or_drop_as_ambiguous():
+    items = pd.DataFrame({
+        "item_id": list("abcde"), "label": ["pop", "pop", "rap", "pop", "country"],
+        "group": ["g1", "g1", "g2", "g2", "g3"], "md5": ["x", "x", "y", "y", ""],
+    })
+    kept, counts = apply_label_set(items, ["rap", "pop", "country"], dedupe_on="md5")
+    assert kept["item_id"].tolist() == ["a", "e"]
+    assert counts == {"out_of_set": 0, "duplicate_copies": 1, "ambiguous_label": 2, "kept": 2}
+
+
+@pytest.mark.parametrize("label_set", ["paper3", "paper5"])
+def test_group_split_has_no_leakage(covers_loaded, label_set):
+    items, _ = apply_label_set(covers_loaded.items, resolve_label_set(label_set), dedupe_on="md5")
+    split = make_split(items, SplitSpec(protocol="group", seed=3))
+    assert straddling_groups(split) == []
+    shares = split["split"].value_counts(normalize=True)
+    assert 0.15 < shares["test"] < 0.25 and 0.05 < shares["val"] < 0.13
+    # Stratified: each class's test share is near the overall one.
+    per_class = pd.crosstab(split["label"], split["split"], normalize="index")["test"]
+    assert (per_class.sub(shares["test"]).abs() < 0.06).all()
+
+
+def test_random_split_is_seeded_and_stratified(gtzan30):
+    a = make_split(gtzan30.items, SplitSpec(protocol="random", seed=42))
+    b = make_split(gtzan30.items, SplitSpec(protocol="random", seed=42))
+    c = make_split(gtzan30.items, SplitSpec(protocol="random", seed=7))
+    assert a.equals(b) and not a.equals(c)
+    assert (a[a["split"] == "test"].groupby("label").size() == 20).all()
+
+
+def test_segments_split_by_parent_clip(data_root):
+    from data.gtzan import load_gtzan_features
+
+    items = load_gtzan_features(data_root / "gtzan" / "features_3_sec.csv").items
+    split = make_split(items, SplitSpec(protocol="group", seed=1))
+    assert straddling_groups(split) == []
+    assert split.groupby("group")["item_id"].size().max() == 10
+
+
+def test_predefined_split(gtzan30, data_root):
+    spec = SplitSpec(protocol="predefined", predefined_path=str(data_root / "gtzan/splits/fault_filtered"))
+    split = make_split(gtzan30.items, spec)
+    assert split["split"].value_counts().to_dict() == {"train": 443, "test": 290, "val": 197}
+
+
+def test_split_saved_reused_and_guarded(tmp_path, gtzan30):
+    items, _ = apply_label_set(gtzan30.items, ["rap", "country", "pop"])
+    path = tmp_path / "s.csv"
+    spec = SplitSpec(protocol="group", seed=5)
+    first = load_or_make_split(items, spec, path, ["rap", "country", "pop"])
+    assert path.is_file() and path.with_suffix(".json").is_file()
+    again = load_or_make_split(items, SplitSpec(protocol="group", seed=99), path, ["rap", "country", "pop"])
+    assert again["split"].tolist() == first["split"].tolist()  # saved split wins, not re-made
+    with pytest.raises(ValueError, match="other items"):
+        load_or_make_split(items.iloc[:-3], spec, path, ["rap", "country", "pop"])
+
+
+def test_prepare_refuses_label_absent_from_data(tmp_path, gtzan30):
+    with pytest.raises(ValueError, match="no items of"):
+        prepare_items(gtzan30, ["rap", "country", "electronic"], SplitSpec(), tmp_path / "s.csv")
+
+
+def test_bad_split_config():
+    with pytest.raises(ValueError, match="protocol"):
+        SplitSpec(protocol="stratified")
+    with pytest.raises(ValueError, match="test_fraction"):
+        SplitSpec(test_fraction=1.5)

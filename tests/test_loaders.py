@@ -1,0 +1,102 @@
+import shutil
+
+import pandas as pd
+import pytest
+
+from data.covers import duplicate_report, load_covers_table
+from data.gtzan import FEATURE_COLUMNS, load_gtzan_audio, load_gtzan_features, load_predefined_split
+from data.items import ITEM_COLUMNS
+from data.musicoset import load_musicoset_tables
+
+
+def test_shared_covers_table(covers_loaded):
+    items = covers_loaded.items
+    assert list(items.columns[: len(ITEM_COLUMNS)]) == ITEM_COLUMNS
+    assert len(items) == 5597 and len(covers_loaded.problems) == 0
+    counts = items.groupby(["source", "label"]).size()
+    assert counts[("discogs", "country")] == 913 and counts[("spotify", "reggae")] == 45
+    assert items["item_id"].is_unique
+    assert all(pd.Series(items["cover_path"]).map(lambda p: p.endswith(".jpg")))
+
+
+def test_covers_groups_tie_shared_md5_and_artist(covers_loaded):
+    items = covers_loaded.items
+    for key in ("md5", "artist_id"):
+        keyed = items[items[key] != ""]
+        assert (keyed.groupby(key)["group"].nunique() == 1).all(), key
+    assert len(duplicate_report(items)) > 0
+
+
+def _write_csv(path, header, rows):
+    path.write_text("\n".join([",".join(header)] + [",".join(r) for r in rows]) + "\n")
+
+
+def test_covers_csv_relative_to_its_own_folder(tmp_path, covers_loaded):
+    source = covers_loaded.items["cover_path"].iloc[:2].tolist()
+    (tmp_path / "img").mkdir()
+    for i, path in enumerate(source):
+        shutil.copy(path, tmp_path / "img" / f"{i}.jpg")
+    _write_csv(tmp_path / "mine.csv", ["path", "genre", "artist_id"],
+               [["img/0.jpg", "Jazz", "a1"], ["img/1.jpg", "rock", "a1"],
+                ["img/missing.jpg", "pop", "a2"], ["img/0.jpg", "pop", "x", "extra-field"], ["", "pop", "a3"]])
+    loaded = load_covers_table(tmp_path / "mine.csv")
+    assert loaded.items["label"].tolist() == ["jazz", "rock"]
+    assert loaded.items["source"].unique().tolist() == ["mine"]
+    assert loaded.items["group"].nunique() == 1  # same artist
+    assert loaded.items["md5"].str.len().eq(32).all()  # computed when the CSV has none
+    reasons = " | ".join(loaded.problems["reason"])
+    assert "missing file" in reasons and "malformed row: 4 fields" in reasons and "empty path" in reasons
+    assert len(loaded.problems) == 3
+
+
+def test_covers_csv_without_required_column(tmp_path):
+    _write_csv(tmp_path / "bad.csv", ["file", "genre"], [["a.jpg", "pop"]])
+    with pytest.raises(ValueError, match="path"):
+        load_covers_table(tmp_path / "bad.csv")
+
+
+def test_gtzan_clip_features(gtzan30):
+    items = gtzan30.items
+    assert len(items) == 1000 and len(FEATURE_COLUMNS) == 57
+    assert items["label"].value_counts().eq(100).all() and items["label"].nunique() == 10
+    assert items[FEATURE_COLUMNS].notna().all().all()
+    with_audio = items[items["audio_path"] != ""]
+    assert with_audio.groupby("label").size()["classical"] == 100
+    assert with_audio.groupby("label").size()["hiphop"] == 10
+
+
+def test_gtzan_segments_keep_parent_clip(data_root):
+    loaded = load_gtzan_features(data_root / "gtzan" / "features_3_sec.csv")
+    items = loaded.items
+    assert len(items) == 2996
+    assert set(items["label"]) == {"classical", "jazz", "rock"}
+    assert (items["group"] == items["clip_id"]).all()
+    assert items["segment"].between(0, 9).all()
+    assert items.loc[items["item_id"] == "classical.00000.3", "group"].item() == "classical.00000"
+
+
+def test_gtzan_malformed_rows_reported(tmp_path, data_root):
+    lines = (data_root / "gtzan" / "features_30_sec.csv").read_text().splitlines()[:6]
+    fields = lines[2].split(",")
+    fields[5] = "not-a-number"
+    lines[2] = ",".join(fields)
+    lines[3] = lines[3] + ",extra"
+    (tmp_path / "f.csv").write_text("\n".join(lines) + "\n")
+    loaded = load_gtzan_features(tmp_path / "f.csv")
+    assert len(loaded.items) == 3
+    assert sorted(loaded.problems["where"]) == ["f.csv:3", "f.csv:4"]
+
+
+def test_gtzan_audio_and_fault_filtered_split(data_root):
+    audio = load_gtzan_audio(data_root / "gtzan" / "audio").items
+    per_genre = audio.groupby("label").size()
+    assert per_genre["classical"] == 100 and per_genre["jazz"] == 100 and per_genre["blues"] == 10
+    assert audio.loc[audio["item_id"] == "jazz.00054", "audio_path"].item().endswith(".wav")
+    split = load_predefined_split(data_root / "gtzan" / "splits" / "fault_filtered")
+    assert split["split"].value_counts().to_dict() == {"train": 443, "test": 290, "val": 197}
+
+
+def test_musicoset_tables(data_root):
+    tables, problems = load_musicoset_tables(data_root / "musicoset")
+    assert len(tables["artists"]) == 11518 and "genres" in tables["artists"].columns
+    assert len(tables["songs"]) == 20405 and len(problems) == 0

@@ -1,0 +1,98 @@
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from engine.trainer import TrainerConfig, balanced_class_weights, fit, load_checkpoint, predict_proba, seed_everything
+
+
+def _blobs(n=300, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    centres = np.array([[3, 0], [-3, 0], [0, 3]], dtype=np.float32)
+    x = centres[y] + rng.normal(0, 0.7, (n, 2)).astype(np.float32)
+    return TensorDataset(torch.tensor(x), torch.tensor(y))
+
+
+def _model(seed=0):
+    seed_everything(seed)
+    return nn.Sequential(nn.Linear(2, 16), nn.ReLU(), nn.Dropout(0.2), nn.Linear(16, 3))
+
+
+def _config(**overrides):
+    base = dict(lr=0.05, max_epochs=8, patience=3, batch_size=32, seed=1, progress=False, device="cpu")
+    return TrainerConfig(**{**base, **overrides})
+
+
+def _accuracy(model, dataset):
+    proba = predict_proba(model, dataset, device="cpu")
+    return float((proba.argmax(1) == dataset.tensors[1].numpy()).mean())
+
+
+def test_tiny_model_learns_and_writes_run_files(tmp_path):
+    model = _model()
+    before = _accuracy(model, _blobs(seed=2))
+    result = fit(model, _blobs(), _blobs(seed=1), _config(), tmp_path, metadata={"labels": ["a", "b", "c"]})
+    after = _accuracy(model, _blobs(seed=2))
+    assert after > 0.9 and after > before + 0.2
+    history = pd.read_csv(tmp_path / "history.csv")
+    assert len(history) == result.epochs_run and history["val_loss"].min() == pytest.approx(result.best_val_loss)
+    record = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert record["labels"] == ["a", "b", "c"] and record["epoch"] == result.best_epoch
+
+
+def test_same_seed_same_metrics(tmp_path):
+    runs = []
+    for name in ("a", "b"):
+        model = _model(seed=3)
+        fit(model, _blobs(), _blobs(seed=1), _config(optimizer="sgd", lr=0.1), tmp_path / name)
+        runs.append(pd.read_csv(tmp_path / name / "history.csv").drop(columns="seconds"))
+    pd.testing.assert_frame_equal(runs[0], runs[1])
+
+
+def test_resume_continues_where_it_stopped(tmp_path):
+    config = _config(max_epochs=6, patience=10)
+    whole = _model(seed=4)
+    fit(whole, _blobs(), _blobs(seed=1), config, tmp_path / "whole")
+
+    interrupted = _model(seed=4)
+    fit(interrupted, _blobs(), _blobs(seed=1), config, tmp_path / "cut", stop_after_epoch=2)
+    assert len(pd.read_csv(tmp_path / "cut" / "history.csv")) == 2
+    resumed = _model(seed=99)  # fresh weights: everything must come from last.pt
+    result = fit(resumed, _blobs(), _blobs(seed=1), config, tmp_path / "cut")
+    assert result.epochs_run == 6
+    a = pd.read_csv(tmp_path / "whole" / "history.csv").drop(columns="seconds")
+    b = pd.read_csv(tmp_path / "cut" / "history.csv").drop(columns="seconds")
+    pd.testing.assert_frame_equal(a, b)
+    for p, q in zip(whole.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(p, q)
+
+
+def test_resume_refuses_other_config(tmp_path):
+    fit(_model(), _blobs(), _blobs(seed=1), _config(max_epochs=2), tmp_path)
+    with pytest.raises(ValueError, match="another trainer config"):
+        fit(_model(), _blobs(), _blobs(seed=1), _config(max_epochs=3), tmp_path)
+
+
+def test_early_stopping_stops_and_keeps_best(tmp_path):
+    # lr=0 never improves after epoch 1, so patience 2 stops at epoch 3.
+    result = fit(_model(), _blobs(), _blobs(seed=1), _config(lr=0.0, patience=2, max_epochs=20), tmp_path)
+    assert result.stopped_early and result.epochs_run == 3 and result.best_epoch == 1
+
+
+def test_class_weights_and_label_smoothing_change_training(tmp_path):
+    weights = balanced_class_weights([0, 0, 0, 1], 3)
+    assert weights == pytest.approx([4 / 9, 4 / 3, 0.0])
+    plain = fit(_model(), _blobs(), _blobs(seed=1), _config(max_epochs=2), tmp_path / "p")
+    smoothed = fit(_model(), _blobs(), _blobs(seed=1), _config(max_epochs=2, label_smoothing=0.2,
+                                                              class_weights=[1.0, 2.0, 1.0]), tmp_path / "s")
+    assert plain.best_val_loss != pytest.approx(smoothed.best_val_loss)
+
+
+@pytest.mark.parametrize("bad", [dict(optimizer="adam"), dict(scheduler="step"), dict(max_epochs=0),
+                                 dict(label_smoothing=1.0)])
+def test_bad_trainer_config(bad):
+    with pytest.raises(ValueError):
+        _config(**bad)
