@@ -1,0 +1,79 @@
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+
+from audio.extract import extract_features
+from audio.features import running_median
+from audio.io import AudioError, load_audio
+from data.gtzan import FEATURE_COLUMNS, GENRES
+
+
+@pytest.fixture(scope="module")
+def lossless_items(data_root):
+    paths = [data_root / "gtzan" / "audio_lossless" / g / f"{g}.00000.flac" for g in GENRES]
+    return pd.DataFrame({"item_id": [f"{g}.00000" for g in GENRES], "audio_path": [str(p) for p in paths]})
+
+
+def test_features_agree_with_gtzan_table(lossless_items, data_root, tmp_path):
+    table = pd.read_csv(data_root / "gtzan" / "features_30_sec.csv")
+    table["item_id"] = table["filename"].str.replace(".wav", "", regex=False)
+    table = table.set_index("item_id")
+    extracted = extract_features(lossless_items, cache_dir=tmp_path, n_jobs=2, progress=False)
+    assert len(extracted.problems) == 0
+    failures = []
+    for _, row in extracted.items.iterrows():
+        expected = table.loc[row["item_id"]]
+        for column in FEATURE_COLUMNS:
+            ours, theirs = row[column], expected[column]
+            if column == "tempo":
+                ok = any(abs(ours - theirs * f) <= 0.01 * theirs * f for f in (1, 2, 0.5))
+            else:
+                ok = abs(ours - theirs) <= 0.01 * abs(theirs)
+            if not ok:
+                failures.append((row["item_id"], column, ours, theirs))
+    assert failures == []
+
+
+def test_cache_hit_returns_same_features(lossless_items, tmp_path):
+    first = extract_features(lossless_items.iloc[:1], cache_dir=tmp_path, progress=False).items
+    assert len(list(tmp_path.rglob("*.json"))) == 1
+    second = extract_features(lossless_items.iloc[:1], cache_dir=tmp_path, progress=False).items
+    pd.testing.assert_frame_equal(first, second)
+
+
+def test_running_median_equals_scipy():
+    from scipy.ndimage import median_filter
+
+    x = np.random.default_rng(0).random((40, 70)).astype(np.float32) ** 3
+    x[:, 10:20] = 0.0  # ties
+    assert np.array_equal(running_median(x, 31, axis=-1), median_filter(x, size=(1, 31), mode="reflect"))
+    assert np.array_equal(running_median(x, 7, axis=-2), median_filter(x, size=(7, 1), mode="reflect"))
+
+
+def test_bad_audio_is_reported_per_item(tmp_path, data_root):
+    sf.write(tmp_path / "silent.wav", np.zeros(22050, dtype=np.float32), 22050)
+    sf.write(tmp_path / "short.wav", 0.1 * np.sin(np.arange(30000) / 5).astype(np.float32), 22050)
+    (tmp_path / "text.ogg").write_text("not audio")
+    items = pd.DataFrame({
+        "item_id": ["corrupt", "silent", "missing", "text", "short"],
+        "audio_path": [str(data_root / "gtzan/audio/jazz/jazz.00054.wav"), str(tmp_path / "silent.wav"),
+                       str(tmp_path / "nope.wav"), str(tmp_path / "text.ogg"), str(tmp_path / "short.wav")],
+        "segment": [-1, -1, -1, -1, 0],
+    })
+    result = extract_features(items, progress=False)
+    reasons = dict(zip(result.problems["item_id"], result.problems["reason"]))
+    assert reasons["corrupt"].startswith("unreadable audio") and reasons["silent"].startswith("silent audio")
+    assert reasons["missing"].startswith("missing file") and reasons["text"].startswith("unreadable audio")
+    assert result.items["item_id"].tolist() == ["short"]
+    assert result.items["flag"].item() == "padded 36149 samples"
+
+
+def test_load_audio_resamples_to_mono_22050(tmp_path):
+    stereo = np.stack([np.sin(np.arange(44100) / 10), np.zeros(44100)], axis=1).astype(np.float32)
+    sf.write(tmp_path / "s.flac", stereo, 44100)
+    clip = load_audio(tmp_path / "s.flac")
+    assert clip.sr == 22050 and clip.source_sr == 44100 and clip.y.ndim == 1
+    assert abs(len(clip.y) - 22050) <= 1
+    with pytest.raises(AudioError, match="empty"):
+        load_audio(tmp_path / "s.flac", offset=10**7)
