@@ -32,11 +32,15 @@ def load_audio(path: str | Path, sr: int = SAMPLE_RATE, offset: int = 0, n_sampl
                pad: bool = True) -> AudioClip:
     """Read ``path``, mix to mono, resample to ``sr`` (soxr, as librosa does).
 
-    ``offset``/``n_samples`` select a window in samples at ``sr`` (3-second segments are
-    ``n_samples=66149``); a window running past the end is zero-padded when ``pad`` (and the
-    clip says how much). Raises :class:`AudioError` with the reason for missing, unreadable,
-    empty or silent audio.
+    ``offset``/``n_samples`` select a window in samples at ``sr`` (see :func:`take_window`).
+    Raises :class:`AudioError` with the reason for missing, unreadable, empty or silent audio.
     """
+    path = Path(path)
+    return take_window(read_audio(path, sr), path.name, offset, n_samples, pad)
+
+
+def read_audio(path: str | Path, sr: int = SAMPLE_RATE) -> AudioClip:
+    """Decode the whole file to mono float32 at ``sr``, unchecked (windows are checked by :func:`take_window`)."""
     path = Path(path)
     if not path.is_file():
         raise AudioError(f"missing file: {path}")
@@ -49,19 +53,29 @@ def load_audio(path: str | Path, sr: int = SAMPLE_RATE, offset: int = 0, n_sampl
         import soxr
 
         y = soxr.resample(y, source_sr, sr, quality="HQ").astype(np.float32)
-    if n_samples is not None or offset:
-        end = None if n_samples is None else offset + n_samples
-        y = y[offset:end]
+    return AudioClip(y=y, sr=sr, source_sr=source_sr)
+
+
+def take_window(clip: AudioClip, name: str, offset: int = 0, n_samples: int | None = None,
+                pad: bool = True) -> AudioClip:
+    """Samples ``offset … offset + n_samples`` of a decoded clip (all from ``offset`` when ``n_samples`` is None).
+
+    A window running past the end is zero-padded when ``pad`` (the result says how much).
+    Raises :class:`AudioError` for an empty, non-finite or silent window.
+    """
+    end = None if n_samples is None else offset + n_samples
+    y = clip.y[offset:end]
     if y.size == 0:
-        raise AudioError(f"empty audio: {path.name} (no samples at offset {offset})")
+        raise AudioError(f"empty audio: {name} (no samples at offset {offset})")
     if not np.isfinite(y).all():
-        raise AudioError(f"corrupt audio: {path.name} has non-finite samples")
+        raise AudioError(f"corrupt audio: {name} has non-finite samples")
     if np.abs(y).max() < SILENCE_PEAK:
-        raise AudioError(f"silent audio: {path.name}")
+        raise AudioError(f"silent audio: {name}")
     padded = 0
     if n_samples is not None and len(y) < n_samples:
         if not pad:
-            raise AudioError(f"too short: {path.name} has {len(y)} of {n_samples} samples")
+            raise AudioError(f"too short: {name} has {len(y)} of {n_samples} samples")
         padded = n_samples - len(y)
         y = np.pad(y, (0, padded))
-    return AudioClip(y=np.ascontiguousarray(y, dtype=np.float32), sr=sr, source_sr=source_sr, padded=padded)
+    return AudioClip(y=np.ascontiguousarray(y, dtype=np.float32), sr=clip.sr, source_sr=clip.source_sr,
+                     padded=padded)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from data.items import LoadResult, connected_groups, file_md5, finish_table, problems_frame, read_delimited
+from data.items import LoadResult, connected_groups, file_digest, finish_table, problems_frame, read_delimited
 
 REQUIRED_COLUMNS = ["path", "genre"]
 #: Columns whose shared values tie covers together (same image, same release, same artist).
@@ -76,7 +76,7 @@ def load_covers_table(
         frame["md5"] = ""
     if compute_missing_md5:
         empty = frame["md5"] == ""
-        frame.loc[empty, "md5"] = [file_md5(Path(p)) for p in frame.loc[empty, "cover_path"]]
+        frame.loc[empty, "md5"] = [file_digest(p) for p in frame.loc[empty, "cover_path"]]
     keys = frame[[c for c in GROUP_KEYS if c in frame.columns]]
     frame["group"] = connected_groups(keys).values
     frame["audio_path"] = ""

@@ -80,8 +80,9 @@ def read_delimited(
     return header, rows, problems
 
 
-def file_md5(path: Path, chunk_size: int = 1 << 20) -> str:
-    digest = hashlib.md5()
+def file_digest(path: str | Path, algorithm: str = "md5", chunk_size: int = 1 << 20) -> str:
+    """Hex digest of a file's bytes, read in chunks."""
+    digest = hashlib.new(algorithm)
     with Path(path).open("rb") as handle:
         for chunk in iter(lambda: handle.read(chunk_size), b""):
             digest.update(chunk)

@@ -12,14 +12,6 @@ from pathlib import Path
 from typing import Any
 
 
-def file_sha1(path: str | Path, chunk_size: int = 1 << 20) -> str:
-    digest = hashlib.sha1()
-    with Path(path).open("rb") as handle:
-        for chunk in iter(lambda: handle.read(chunk_size), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def cache_key(content_hash: str, params: dict[str, Any]) -> str:
     """Key of one result: the input's content hash plus every parameter that shapes the result."""
     return hashlib.sha1((content_hash + json.dumps(params, sort_keys=True)).encode()).hexdigest()

@@ -77,3 +77,18 @@ def test_load_audio_resamples_to_mono_22050(tmp_path):
     assert abs(len(clip.y) - 22050) <= 1
     with pytest.raises(AudioError, match="empty"):
         load_audio(tmp_path / "s.flac", offset=10**7)
+
+
+
+def test_segments_of_one_file_are_its_windows(data_root):
+    from audio.features import gtzan_features
+
+    path = str(data_root / "gtzan" / "audio_lossless" / "rock" / "rock.00000.flac")
+    items = pd.DataFrame({"item_id": ["s0", "s9", "clip"], "audio_path": path, "segment": [0, 9, -1]})
+    extracted = extract_features(items, progress=False).items.set_index("item_id")
+    y = load_audio(path).y
+    for name, start in (("s0", 0), ("s9", 9 * 66149)):
+        expected = gtzan_features(y[start:start + 66149])
+        assert extracted.loc[name, FEATURE_COLUMNS].tolist() == pytest.approx(list(expected.values()), rel=1e-6)
+    assert extracted.loc["s0", "tempo"] != extracted.loc["clip", "tempo"] or \
+        extracted.loc["s0", "rms_var"] != extracted.loc["clip", "rms_var"]
