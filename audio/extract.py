@@ -1,31 +1,70 @@
-"""Feature extraction over an item table: parallel across processes, cached on disk, per-item failures recorded."""
+"""Per-window audio inputs over an item table (GTZAN features or log-mel spectrograms).
+
+Parallel across processes, cached on disk by file content and parameters, failures recorded
+per item. Each file is hashed and decoded at most once, however many of its windows are asked
+for (``segment`` column: ``-1`` = the whole clip, ``k`` = the k-th 3-second segment).
+"""
 from __future__ import annotations
 
+import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
+import torch
 from tqdm.auto import tqdm
 
 from audio.features import HOP_LENGTH, N_FFT, gtzan_features
 from audio.io import SAMPLE_RATE, AudioError, read_audio, take_window
+from audio.mel import MelParams, MelSpectrogram
 from data.gtzan import FEATURE_COLUMNS, SEGMENT_SAMPLES
 from data.items import LoadResult, file_digest, problems_frame
-from engine.cache import JsonCache, cache_key
+from engine.cache import ArrayCache, JsonCache, cache_key
 
 #: Bump when the feature code changes what it computes, so old cache entries stop matching.
-FEATURES_VERSION = 1
+FEATURES_VERSION = 2
+#: Frames kept of each 3-second log-mel (1 + 66,149 // 512 = 130 computed): the 128×128 input.
+MEL_FRAMES = 128
 
-Outcome = tuple[dict[str, float] | None, str]  # (features, flag) or (None, error)
+Outcome = tuple[Any, str]  # (value, flag) or (None, error)
 
 
-def _file_job(audio_path: str, segments: tuple[int, ...], cache_dir: str | None) -> list[Outcome]:
-    """Features of each requested window of one file (``-1`` = whole clip, ``k`` = k-th 3-second segment).
+class _FeatureJob:
+    """The 57 GTZAN features of a window, as a dict (JSON-cached)."""
 
-    The file is hashed and decoded at most once, however many of its windows are asked for.
-    """
-    cache = JsonCache(cache_dir, "gtzan_features") if cache_dir else None
+    namespace = "gtzan_features"
+    cache_class = JsonCache
+    params = {"v": FEATURES_VERSION, "sr": SAMPLE_RATE, "n_fft": N_FFT, "hop": HOP_LENGTH}
+
+    def compute(self, y: np.ndarray, sr: int) -> dict[str, float]:
+        return gtzan_features(y, sr)
+
+
+class _MelJob:
+    """A log-mel ``(n_mels, n_frames)`` float32 of a window (``.npy``-cached)."""
+
+    namespace = "log_mel"
+    cache_class = ArrayCache
+
+    def __init__(self, mel: MelParams, n_frames: int | None) -> None:
+        self.transform = MelSpectrogram(mel)
+        self.n_frames = n_frames
+        self.params = {**mel.as_dict(), "n_frames": n_frames}
+
+    def compute(self, y: np.ndarray, sr: int) -> np.ndarray:
+        with torch.no_grad():
+            out = self.transform(torch.from_numpy(y)).numpy()[0]
+        if self.n_frames is not None:
+            out = out[:, : self.n_frames]
+            if out.shape[1] < self.n_frames:
+                out = np.pad(out, [(0, 0), (0, self.n_frames - out.shape[1])], constant_values=out.min())
+        return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def _file_job(audio_path: str, segments: tuple[int, ...], cache_dir: str | None, job) -> list[Outcome]:
+    cache = job.cache_class(cache_dir, job.namespace) if cache_dir else None
     name = Path(audio_path).name
     try:
         content = file_digest(audio_path, "sha1") if cache else ""
@@ -34,27 +73,59 @@ def _file_job(audio_path: str, segments: tuple[int, ...], cache_dir: str | None)
     decoded = None
     outcomes: list[Outcome] = []
     for segment in segments:
-        params = {"v": FEATURES_VERSION, "sr": SAMPLE_RATE, "n_fft": N_FFT, "hop": HOP_LENGTH,
-                  "segment": segment, "segment_samples": SEGMENT_SAMPLES}
-        key = cache_key(content, params) if cache else ""
+        key = cache_key(content, {**job.params, "segment": segment, "segment_samples": SEGMENT_SAMPLES}) if cache else ""
         if cache and (hit := cache.get(key)) is not None:
-            outcomes.append((hit["features"], hit["flag"]))
+            outcomes.append((hit["value"], hit["flag"]) if isinstance(hit, dict) else (hit, ""))
             continue
         try:
             if decoded is None:
                 decoded = read_audio(audio_path)
             if segment >= 0:
                 clip = take_window(decoded, name, segment * SEGMENT_SAMPLES, SEGMENT_SAMPLES)
+                if clip.padded > SEGMENT_SAMPLES // 2:
+                    raise AudioError(f"segment {segment} of {name} is mostly past the end of the file")
             else:
                 clip = take_window(decoded, name)
         except AudioError as error:
             outcomes.append((None, str(error)))
             continue
-        features = gtzan_features(clip.y, clip.sr)
+        value = job.compute(clip.y, clip.sr)
+        # Padding flags are kept with feature entries; a padded mel is flagged by its features run.
         if cache:
-            cache.put(key, {"features": features, "flag": clip.flags})
-        outcomes.append((features, clip.flags))
+            cache.put(key, {"value": value, "flag": clip.flags} if isinstance(value, dict) else value)
+        outcomes.append((value, clip.flags))
     return outcomes
+
+
+def _run(items: pd.DataFrame, job, cache_dir, n_jobs: int, progress: bool) -> tuple[list[int], list[Outcome], pd.DataFrame]:
+    segments = items["segment"] if "segment" in items.columns else pd.Series(-1, index=items.index)
+    by_file: dict[str, list[int]] = {}
+    for row, path in enumerate(items["audio_path"].astype(str)):
+        by_file.setdefault(path, []).append(row)
+    jobs = [(path, tuple(int(segments.iloc[r]) for r in rows), str(cache_dir) if cache_dir else None, job)
+            for path, rows in by_file.items()]
+    bar: dict[str, Any] = {"total": len(jobs), "desc": f"{job.namespace} (audio files)", "disable": not progress}
+    if n_jobs > 1 and len(jobs) > 1:
+        # Forked children of a process whose torch/OpenMP threads already ran can deadlock;
+        # fresh "spawn" workers with one thread each avoid that (and oversubscription).
+        with ProcessPoolExecutor(max_workers=n_jobs, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=torch.set_num_threads, initargs=(1,)) as pool:
+            per_file = list(tqdm(pool.map(_file_job, *zip(*jobs)), **bar))
+    else:
+        per_file = [_file_job(*args) for args in tqdm(jobs, **bar)]
+    outcomes: dict[int, Outcome] = {}
+    for rows, results in zip(by_file.values(), per_file):
+        outcomes.update(zip(rows, results))
+    keep, values, problems = [], [], []
+    for row in range(len(items)):
+        value, note = outcomes[row]
+        if value is None:
+            problems.append({"where": items["audio_path"].iloc[row], "item_id": items["item_id"].iloc[row],
+                             "reason": note})
+        else:
+            keep.append(row)
+            values.append((value, note))
+    return keep, values, problems_frame(problems)
 
 
 def extract_features(items: pd.DataFrame, cache_dir: str | Path | None = None, n_jobs: int = 1,
@@ -62,34 +133,25 @@ def extract_features(items: pd.DataFrame, cache_dir: str | Path | None = None, n
     """Add the 57 GTZAN feature columns to ``items`` (needs ``audio_path``; ``segment`` optional).
 
     Items whose audio is missing, unreadable, corrupt or silent are left out and listed in
-    ``problems`` with the reason; clips padded to length keep their row and get a
-    ``flag``. Results are cached per (file content, parameters) under ``cache_dir``.
+    ``problems`` with the reason; windows padded to length keep their row and get a ``flag``.
     """
     items = items.reset_index(drop=True)
-    segments = items["segment"] if "segment" in items.columns else pd.Series(-1, index=items.index)
-    by_file: dict[str, list[int]] = {}
-    for row, path in enumerate(items["audio_path"].astype(str)):
-        by_file.setdefault(path, []).append(row)
-    jobs = [(path, tuple(int(segments[r]) for r in rows), str(cache_dir) if cache_dir else None)
-            for path, rows in by_file.items()]
-    bar: dict[str, Any] = {"total": len(jobs), "desc": "audio files", "disable": not progress}
-    if n_jobs > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(max_workers=n_jobs) as pool:
-            per_file = list(tqdm(pool.map(_file_job, *zip(*jobs)), **bar))
-    else:
-        per_file = [_file_job(*job) for job in tqdm(jobs, **bar)]
-    outcomes: dict[int, Outcome] = {}
-    for rows, results in zip(by_file.values(), per_file):
-        outcomes.update(zip(rows, results))
-    rows_out, problems, keep = [], [], []
-    for row in range(len(items)):
-        features, note = outcomes[row]
-        if features is None:
-            problems.append({"where": items.at[row, "audio_path"], "item_id": items.at[row, "item_id"],
-                             "reason": note})
-            continue
-        keep.append(row)
-        rows_out.append({**features, "flag": note})
+    keep, values, problems = _run(items, _FeatureJob(), cache_dir, n_jobs, progress)
     table = items.loc[keep].drop(columns=[c for c in FEATURE_COLUMNS if c in items.columns]).reset_index(drop=True)
-    table = pd.concat([table, pd.DataFrame(rows_out, columns=[*FEATURE_COLUMNS, "flag"])], axis=1)
-    return LoadResult(table, problems_frame(problems))
+    rows = [{**features, "flag": flag} for features, flag in values]
+    table = pd.concat([table, pd.DataFrame(rows, columns=[*FEATURE_COLUMNS, "flag"])], axis=1)
+    return LoadResult(table, problems)
+
+
+def extract_log_mels(items: pd.DataFrame, cache_dir: str | Path | None = None, n_jobs: int = 1,
+                     progress: bool = True, mel: MelParams = MelParams(),
+                     n_frames: int | None = MEL_FRAMES) -> tuple[LoadResult, np.ndarray]:
+    """Log-mel spectrograms of each item's window: ``(kept items, array (n_kept, n_mels, n_frames))``.
+
+    ``n_frames=None`` keeps every frame (windows must then be of equal length to stack).
+    Failed items are left out and listed in ``problems``, as in :func:`extract_features`.
+    """
+    items = items.reset_index(drop=True)
+    keep, values, problems = _run(items, _MelJob(mel, n_frames), cache_dir, n_jobs, progress)
+    mels = np.stack([value for value, _ in values]) if values else np.zeros((0, mel.n_mels, n_frames or 0), np.float32)
+    return LoadResult(items.loc[keep].reset_index(drop=True), problems), mels

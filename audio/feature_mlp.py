@@ -9,7 +9,7 @@ from torch import nn
 
 
 class FeatureMLP(nn.Module):
-    """Standardise → [Linear → ReLU → Dropout] × len(hidden) → Linear.
+    """Standardise → [Linear → ReLU → Dropout] × len(hidden) → Linear (no hidden layers: logistic regression).
 
     The standardisation statistics are buffers fitted on the training rows only
     (:meth:`fit_standardiser`), so a checkpoint carries them and scoring needs nothing else.
@@ -26,8 +26,9 @@ class FeatureMLP(nn.Module):
         for size in hidden:
             layers += [nn.Linear(width, size), nn.ReLU(), nn.Dropout(dropout)]
             width = size
-        layers.append(nn.Linear(width, n_classes))
-        self.net = nn.Sequential(*layers)
+        self.body = nn.Sequential(*layers)
+        self.embed_dim = width
+        self.head = nn.Linear(width, n_classes)
 
     def fit_standardiser(self, x_train: np.ndarray) -> "FeatureMLP":
         x_train = np.asarray(x_train, dtype=np.float64)
@@ -37,5 +38,9 @@ class FeatureMLP(nn.Module):
         self.scale.copy_(torch.as_tensor(np.where(std > 0, std, 1.0), dtype=torch.float32))
         return self
 
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Standardised input through the hidden layers: ``(batch, embed_dim)``."""
+        return self.body((x - self.mean) / self.scale)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net((x - self.mean) / self.scale)
+        return self.head(self.embed(x))

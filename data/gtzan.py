@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from data.items import LoadResult, finish_table, problems_frame, read_delimited
@@ -122,3 +123,18 @@ def load_predefined_split(split_dir: str | Path) -> pd.DataFrame:
     if len(repeated):
         raise ValueError(f"Predefined split lists clips twice: {sorted(set(repeated))[:5]}")
     return table
+
+
+def segment_items(clips: pd.DataFrame, n_segments: int = 10) -> pd.DataFrame:
+    """One row per 3-second segment of each clip: ``item_id`` ``<clip>.<k>``, ``segment`` k, same group.
+
+    Splits are made on the clips first and segments inherit their clip's part, so the segments
+    of one clip never straddle train and test. A 30-second GTZAN clip holds 10 whole segments.
+    """
+    if "segment" in clips.columns and (clips["segment"] >= 0).any():
+        raise ValueError("segment_items needs whole clips (segment -1), got segment rows")
+    rows = clips.loc[clips.index.repeat(n_segments)].copy()
+    rows["clip_item_id"] = rows["item_id"]
+    rows["segment"] = np.tile(np.arange(n_segments), len(clips))
+    rows["item_id"] = rows["clip_item_id"] + "." + rows["segment"].astype(str)
+    return rows.reset_index(drop=True)

@@ -11,31 +11,59 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 
 def cache_key(content_hash: str, params: dict[str, Any]) -> str:
     """Key of one result: the input's content hash plus every parameter that shapes the result."""
     return hashlib.sha1((content_hash + json.dumps(params, sort_keys=True)).encode()).hexdigest()
 
 
-class JsonCache:
-    """``cache_dir/<namespace>/<key[:2]>/<key>.json`` entries."""
+class _DiskCache:
+    """``cache_dir/<namespace>/<key[:2]>/<key><suffix>`` entries."""
+
+    suffix = ""
 
     def __init__(self, cache_dir: str | Path, namespace: str) -> None:
         self.root = Path(cache_dir) / namespace
 
     def _path(self, key: str) -> Path:
-        return self.root / key[:2] / f"{key}.json"
+        return self.root / key[:2] / f"{key}{self.suffix}"
+
+    def _write(self, key: str, write) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as handle:
+            write(handle)
+        tmp.replace(path)
+
+
+class JsonCache(_DiskCache):
+    """JSON-serialisable values."""
+
+    suffix = ".json"
 
     def get(self, key: str) -> Any | None:
-        path = self._path(key)
         try:
-            return json.loads(path.read_text())
+            return json.loads(self._path(key).read_text())
         except (OSError, json.JSONDecodeError):
             return None
 
     def put(self, key: str, value: Any) -> None:
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(value))
-        tmp.replace(path)
+        self._write(key, lambda handle: handle.write(json.dumps(value).encode()))
+
+
+class ArrayCache(_DiskCache):
+    """One NumPy array per key (``.npy``)."""
+
+    suffix = ".npy"
+
+    def get(self, key: str) -> np.ndarray | None:
+        try:
+            return np.load(self._path(key), allow_pickle=False)
+        except (OSError, ValueError):
+            return None
+
+    def put(self, key: str, value: np.ndarray) -> None:
+        self._write(key, lambda handle: np.save(handle, np.asarray(value), allow_pickle=False))

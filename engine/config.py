@@ -1,6 +1,7 @@
 """Config helpers shared by the Hydra entry points."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import fields
 from typing import Any
 
@@ -8,7 +9,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from data.root import resolve_data_root
 from data.splits import SplitSpec
-from engine.trainer import TrainerConfig
+from engine.trainer import TrainerConfig, balanced_class_weights
 
 
 def _data_path(relative: str, *, _root_: DictConfig) -> str:
@@ -31,9 +32,19 @@ def _dataclass_from(cls: type, node: DictConfig | dict, where: str) -> Any:
     return cls(**values)
 
 
-def trainer_config(cfg: DictConfig, override: DictConfig | dict | None = None) -> TrainerConfig:
-    """``cfg.trainer`` with a branch's own trainer settings laid over it, checked for typos."""
-    merged = OmegaConf.merge(cfg.trainer, override or {})
+def trainer_config(cfg: DictConfig, override: DictConfig | dict | None = None,
+                   train_targets: Sequence[int] | None = None, n_classes: int | None = None) -> TrainerConfig:
+    """``cfg.trainer`` with a branch's own trainer settings laid over it, checked for typos.
+
+    ``class_weights: balanced`` becomes scikit-learn's balanced weights of ``train_targets``.
+    """
+    merged = OmegaConf.to_container(OmegaConf.merge(cfg.trainer, override or {}), resolve=True)
+    if merged.get("class_weights") == "balanced":
+        if train_targets is None or n_classes is None:
+            raise ValueError("trainer.class_weights=balanced needs the training targets")
+        merged["class_weights"] = balanced_class_weights(train_targets, n_classes)
+    elif isinstance(merged.get("class_weights"), str):
+        raise ValueError(f"trainer.class_weights must be null, 'balanced' or a list, got {merged['class_weights']!r}")
     return _dataclass_from(TrainerConfig, merged, "trainer")
 
 

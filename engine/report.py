@@ -150,6 +150,12 @@ def write_report(run_dir: str | Path, metrics: dict[str, Any], title: str = "",
     plot_confusions([(title or "test", metrics)], run_dir / "confusion.png")
 
 
+def add_to_metrics(run_dir: str | Path, **fields: Any) -> None:
+    """Add fields to a run's ``metrics.json`` (results computed after the report, e.g. a reference model)."""
+    path = Path(run_dir) / "metrics.json"
+    write_json(path, {**json.loads(path.read_text()), **fields})
+
+
 def write_json(path: str | Path, payload: Any) -> None:
     """Write JSON atomically (temporary name, then rename)."""
     path = Path(path)

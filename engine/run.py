@@ -5,6 +5,7 @@ import logging
 import os
 import platform
 import subprocess
+import time
 from collections.abc import Sequence
 from dataclasses import asdict
 from importlib import metadata as importlib_metadata
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 from torch.utils.data import Dataset
@@ -70,16 +72,29 @@ def train_evaluate(
     run_dir: str | Path,
     title: str,
     card: dict[str, Any],
+    test_groups: Sequence[str] | None = None,
+    checkpoint_metadata: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], np.ndarray, FitResult]:
     """Fit, predict the test set with the best weights, write the report and model card.
 
-    Returns ``(metrics, test_probabilities, fit_result)``.
+    With ``test_groups`` (e.g. the parent clip of each 3-second segment) the test items'
+    probabilities are averaged per group and the report is on groups; the item-level accuracy
+    is kept as ``item_accuracy``. ``checkpoint_metadata`` is stored in the checkpoint beside the
+    labels (what a scorer needs to rebuild the model and its inputs).
+    Returns ``(metrics, test_probabilities, fit_result)`` (probabilities per item, not per group).
     """
     run_dir = Path(run_dir)
     result = fit(model, train_set, val_set, trainer_config, run_dir,
-                 metadata={"labels": list(labels), "card": card})
+                 metadata={"labels": list(labels), "card": card, **(checkpoint_metadata or {})})
     proba = predict_proba(model, test_set, device=trainer_config.device)
-    metrics = evaluate_predictions(y_test, proba.argmax(1), labels, seed=trainer_config.seed)
+    extra: dict[str, Any] = {}
+    y_eval, proba_eval = np.asarray(y_test), proba
+    if test_groups is not None:
+        extra["item_accuracy"] = float((proba.argmax(1) == y_eval).mean())
+        extra["aggregated_over"] = "mean probability of each group's items"
+        _, y_eval, proba_eval = mean_by_group(test_groups, y_eval, proba)
+    metrics = evaluate_predictions(y_eval, proba_eval.argmax(1), labels, seed=trainer_config.seed)
+    metrics.update(extra)
     training = {"best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
                 "stopped_early": result.stopped_early, "seconds": round(result.seconds, 2)}
     write_report(run_dir, metrics, title=title, extra={"training": training, **card})
@@ -88,3 +103,49 @@ def train_evaluate(
     log.info("%s: accuracy %.4f (95%% CI %.4f–%.4f), report in %s", title, metrics["accuracy"],
              *metrics["ci95"]["accuracy"], run_dir)
     return metrics, proba, result
+
+
+def mean_by_group(groups: Sequence[str], y: Sequence[int], proba: np.ndarray) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Average item probabilities per group (first-seen order); a group's items share one label.
+
+    Returns ``(group_ids, y_per_group, proba_per_group)``.
+    """
+    frame = pd.DataFrame(proba).assign(_group=list(groups), _y=np.asarray(y))
+    if (frame.groupby("_group", sort=False)["_y"].nunique() > 1).any():
+        raise ValueError("items of one group carry different labels; cannot aggregate")
+    grouped = frame.groupby("_group", sort=False)
+    return list(grouped.groups), grouped["_y"].first().to_numpy(), grouped[list(range(proba.shape[1]))].mean().to_numpy()
+
+
+def evaluate_estimator(
+    estimator: Any,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    labels: Sequence[str],
+    run_dir: str | Path,
+    title: str,
+    card: dict[str, Any],
+    seed: int = 0,
+) -> tuple[dict[str, Any], np.ndarray]:
+    """The scikit-learn counterpart of :func:`train_evaluate`: ``fit`` → ``predict_proba`` → the same report.
+
+    The fitted estimator is saved as ``model.joblib``. Returns ``(metrics, test_probabilities)``
+    with one column per entry of ``labels`` (a class absent from training gets probability 0).
+    """
+    import joblib
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    estimator.fit(x_train, y_train)
+    seconds = time.perf_counter() - started
+    proba = np.zeros((len(x_test), len(labels)))
+    proba[:, estimator.classes_] = estimator.predict_proba(x_test)
+    metrics = evaluate_predictions(y_test, proba.argmax(1), labels, seed=seed)
+    write_report(run_dir, metrics, title=title, extra={"training": {"seconds": round(seconds, 2)}, **card})
+    write_model_card(run_dir, **card, estimator=repr(estimator),
+                     metrics={k: metrics[k] for k in ("n", "accuracy", "balanced_accuracy", "macro_f1", "ci95")})
+    joblib.dump(estimator, run_dir / "model.joblib")
+    return metrics, proba

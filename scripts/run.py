@@ -16,13 +16,13 @@ log = logging.getLogger("genrefusion")
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float:
-    from audio.train import train_feature_mlp
+    from audio.train import train_audio
     from engine.summary import print_results
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    rows = {"audio-only (feature MLP)": train_feature_mlp(cfg, run_dir / "audio")}
+    rows = {f"audio-only ({cfg.audio.name})": train_audio(cfg, run_dir / "audio")}
     print_results(rows, run_dir)
-    return rows["audio-only (feature MLP)"]["accuracy"]
+    return rows[f"audio-only ({cfg.audio.name})"]["accuracy"]
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ def test_main_job_writes_a_complete_run_folder(tmp_path):
         capture_output=True, text=True, timeout=300, cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "audio-only (feature MLP)" in result.stdout and "Run folder:" in result.stdout
+    assert "audio-only (feature_mlp)" in result.stdout and "Run folder:" in result.stdout
     run_dir = Path(result.stdout.strip().splitlines()[-1].split("Run folder: ")[1])
     audio = run_dir / "audio"
     for name in ("history.csv", "metrics.json", "report.txt", "confusion.png", "checkpoint.pt",

@@ -1,0 +1,42 @@
+"""Score a folder of audio files with a trained audio model.
+
+Usage: .venv/bin/python scripts/score_audio.py RUN_DIR_OR_CHECKPOINT FOLDER [--out scores.csv] [--n-jobs 2]
+
+Writes one CSV row per file (status, error, predicted genre, class probabilities); files that
+cannot be read are listed with their reason, never dropped silently.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from audio.score import find_audio_files, score_audio_files  # noqa: E402
+from engine.trainer import BEST_CHECKPOINT  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model", type=Path, help="a run folder holding checkpoint.pt, or the checkpoint itself")
+    parser.add_argument("folder", type=Path, help="folder searched recursively for audio files")
+    parser.add_argument("--out", type=Path, default=Path("audio_scores.csv"))
+    parser.add_argument("--n-jobs", type=int, default=2)
+    parser.add_argument("--cache-dir", type=Path, default=None, help="reuse spectrograms/features across calls")
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args(argv)
+    checkpoint = args.model / BEST_CHECKPOINT if args.model.is_dir() else args.model
+    paths = find_audio_files(args.folder)
+    if not paths:
+        parser.error(f"no audio files under {args.folder}")
+    scores = score_audio_files(paths, checkpoint, cache_dir=args.cache_dir, n_jobs=args.n_jobs, device=args.device)
+    scores.to_csv(args.out, index=False)
+    failed = scores["status"] != "ok"
+    print(f"scored {int((~failed).sum())} of {len(scores)} files → {args.out}"
+          + (f"; {int(failed.sum())} failed (see the error column)" if failed.any() else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+import torch
+
+from audio.extract import MEL_FRAMES, extract_log_mels
+from audio.io import load_audio
+from audio.mel import MelParams, MelSpectrogram, librosa_log_mel
+from audio.models import HybridNet, MelCNN
+from audio.feature_mlp import FeatureMLP
+from data.gtzan import SEGMENT_SAMPLES, segment_items
+from engine.run import mean_by_group
+
+
+@pytest.fixture(scope="module")
+def two_clips(data_root):
+    paths = [data_root / "gtzan/audio_lossless" / g / f"{g}.00000.flac" for g in ("blues", "metal")]
+    return [load_audio(p).y for p in paths]
+
+
+def test_mel_front_end_equals_librosa(two_clips):
+    batch = torch.from_numpy(np.stack([y[: 10 * 22050] for y in two_clips]))
+    ours = MelSpectrogram()(batch).numpy()
+    for row, y in zip(ours, two_clips):
+        reference = librosa_log_mel(y[: 10 * 22050])
+        assert row.shape == reference.shape == (128, 1 + 10 * 22050 // 512)
+        np.testing.assert_allclose(row, reference, rtol=1e-4, atol=1e-4)
+
+
+def test_mel_power_equals_librosa_relative(two_clips):
+    import librosa
+
+    y = two_clips[0][: 5 * 22050]
+    ours = MelSpectrogram().power(torch.from_numpy(y)).numpy()[0]
+    theirs = librosa.feature.melspectrogram(y=y, sr=22050)
+    assert np.abs(ours - theirs).max() <= 1e-4 * theirs.max()
+
+
+def test_mel_other_parameters_follow_librosa(two_clips):
+    params = MelParams(n_fft=1024, hop_length=256, n_mels=64, fmax=8000.0, top_db=None)
+    y = two_clips[1][:22050]
+    np.testing.assert_allclose(MelSpectrogram(params)(torch.from_numpy(y)).numpy()[0], librosa_log_mel(y, params),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_log_mels_of_segments_are_cached_and_failures_listed(data_root, tmp_path):
+    clip = str(data_root / "gtzan/audio_lossless/rock/rock.00000.flac")
+    items = pd.DataFrame({"item_id": ["r.0", "r.9", "r.10", "corrupt"],
+                          "audio_path": [clip, clip, clip, str(data_root / "gtzan/audio/jazz/jazz.00054.wav")],
+                          "segment": [0, 9, 10, -1]})
+    kept, mels = extract_log_mels(items, cache_dir=tmp_path, progress=False)
+    assert list(kept.items["item_id"]) == ["r.0", "r.9"]
+    assert set(kept.problems["item_id"]) == {"r.10", "corrupt"}
+    assert mels.shape == (2, 128, MEL_FRAMES)
+    y = load_audio(clip).y
+    np.testing.assert_allclose(mels[1], librosa_log_mel(y[9 * SEGMENT_SAMPLES: 10 * SEGMENT_SAMPLES])[:, :MEL_FRAMES],
+                               rtol=1e-4, atol=1e-4)
+    _, again = extract_log_mels(items.iloc[:2], cache_dir=tmp_path, progress=False)
+    assert len(list(tmp_path.rglob("*.npy"))) == 2
+    np.testing.assert_array_equal(again, mels)
+
+
+def test_segment_items_inherit_clip_split():
+    clips = pd.DataFrame({"item_id": ["a", "b"], "label": ["x", "y"], "group": ["a", "b"], "split": ["train", "test"],
+                          "segment": -1})
+    segments = segment_items(clips, 10)
+    assert len(segments) == 20
+    assert segments.groupby("clip_item_id")["split"].nunique().max() == 1
+    assert list(segments["item_id"][:2]) == ["a.0", "a.1"] and segments["segment"].max() == 9
+    with pytest.raises(ValueError):
+        segment_items(segments, 10)
+
+
+def test_mean_by_group_averages_probabilities():
+    proba = np.array([[0.9, 0.1], [0.3, 0.7], [0.2, 0.8]])
+    groups, y, mean = mean_by_group(["a", "a", "b"], [0, 0, 1], proba)
+    assert groups == ["a", "b"] and list(y) == [0, 1]
+    np.testing.assert_allclose(mean, [[0.6, 0.4], [0.2, 0.8]])
+    with pytest.raises(ValueError):
+        mean_by_group(["a", "a"], [0, 1], proba[:2])
+
+
+@pytest.mark.parametrize("kind", ["mel_cnn", "hybrid"])
+def test_audio_models_forward_backward(kind):
+    torch.manual_seed(0)
+    cnn = MelCNN(3, channels=(4, 8))
+    model = cnn if kind == "mel_cnn" else HybridNet(cnn, FeatureMLP(57, 3, hidden=(16,)), 3, hidden=8)
+    mel = torch.randn(5, 128, 128) * 20 - 40
+    inputs = mel if kind == "mel_cnn" else (mel, torch.randn(5, 57))
+    logits = model(inputs)
+    assert logits.shape == (5, 3)
+    logits.sum().backward()
+    # The hybrid reads its branches' embeddings; their own classifier heads stay unused.
+    unused = {id(p) for part in (model.cnn.head, model.mlp.head) for p in part.parameters()} if kind == "hybrid" else set()
+    assert all(p.grad is not None for p in model.parameters() if id(p) not in unused)
