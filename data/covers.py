@@ -30,6 +30,7 @@ def load_covers_table(
     csv_path: str | Path,
     base_dir: str | Path | None = None,
     compute_missing_md5: bool = True,
+    sources: list[str] | None = None,
 ) -> LoadResult:
     """Load a covers CSV (columns ``path, genre`` required; ``source, release_id, album_id,
     artist_id, artist_name, album_name, release_date, md5`` optional).
@@ -37,7 +38,8 @@ def load_covers_table(
     ``label`` is the raw genre (aliasing happens with the label set), ``group`` ties rows that
     share an md5, release, album or artist. Rows with a wrong field count, an empty path or a
     missing file are left out and listed in ``problems``. Unreadable image *content* is found
-    later, when the image is decoded, and recorded per item there.
+    later, when the image is decoded, and recorded per item there. ``sources`` keeps only rows
+    of those sources (e.g. ``["discogs"]``, to keep the source confound out of a label set).
     """
     csv_path = Path(csv_path).resolve()
     header, rows, problems = read_delimited(csv_path)
@@ -48,6 +50,13 @@ def load_covers_table(
         )
     frame = pd.DataFrame(rows, columns=header).fillna("")
     frame["_line"] = range(2, len(frame) + 2)
+    if sources is not None:
+        if "source" not in frame.columns:
+            raise ValueError(f"sources={list(sources)} given but {csv_path} has no source column")
+        unknown = sorted(set(sources) - set(frame["source"]))
+        if unknown:
+            raise ValueError(f"{csv_path} has no rows of source(s) {unknown}; it has {sorted(set(frame['source']))}")
+        frame = frame[frame["source"].isin(list(sources))]
     base = Path(base_dir).resolve() if base_dir else resolve_base_dir(csv_path, frame["path"].tolist())
 
     frame["cover_path"] = ""

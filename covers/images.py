@@ -1,0 +1,64 @@
+"""Cover images → RGB arrays, with every kind of bad file turned into a clear, per-item error.
+
+Handled: CMYK, greyscale, palette and alpha images are converted to RGB (alpha composited on
+white); huge JPEGs are decoded at reduced size (``draft``) instead of at full resolution.
+Refused with a reason: missing files, non-images, truncated files, images too small to be a
+cover, and images beyond the pixel limit.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+#: Smallest side accepted as a cover (a 1×1 "image" carries no cover).
+MIN_SIDE = 16
+#: Largest image decoded (pixels); a 10,000×10,000 JPEG is drafted down before this applies.
+MAX_PIXELS = 120_000_000
+
+
+class CoverError(ValueError):
+    """A cover that cannot be used: missing, not an image, truncated, too small or too large."""
+
+
+def load_cover(path: str | Path, size: int) -> np.ndarray:
+    """Decode ``path`` and resize to ``size``×``size`` RGB: ``uint8 (size, size, 3)``.
+
+    Covers are square; a non-square image is resized without cropping (its aspect changes).
+    Raises :class:`CoverError` with the reason.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CoverError(f"missing file: {path}")
+    try:
+        with warnings.catch_warnings():
+            # Our own MAX_PIXELS check applies after JPEG drafting; PIL's warning would fire before it.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                if min(image.size) < MIN_SIDE:
+                    raise CoverError(f"too small: {path.name} is {image.size[0]}×{image.size[1]} pixels")
+                # JPEG decoders can scale by 1/2…1/8 while decoding: cheap for huge covers.
+                image.draft("RGB", (size * 2, size * 2))
+                if image.size[0] * image.size[1] > MAX_PIXELS:
+                    raise CoverError(f"too large: {path.name} is {image.size[0]}×{image.size[1]} pixels")
+                image.load()
+                rgb = _to_rgb(image)
+    except CoverError:
+        raise
+    except Image.DecompressionBombError as error:
+        raise CoverError(f"too large: {path.name}: {error}") from error
+    except UnidentifiedImageError as error:
+        raise CoverError(f"not a usable image: {path.name}: {error}") from error
+    except (OSError, SyntaxError, ValueError) as error:  # truncated or corrupt data
+        raise CoverError(f"corrupt image: {path.name}: {error}") from error
+    return np.asarray(rgb.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")

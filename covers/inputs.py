@@ -1,0 +1,137 @@
+"""Per-cover model inputs computed once and cached: frozen-backbone embeddings and Random-Forest features.
+
+Both walk an item table, decode each cover with :func:`covers.images.load_cover`, record
+covers that fail (with the reason) instead of stopping, and cache one array per cover keyed by
+the image's content hash and every parameter that shapes the result.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from covers.backbones import BackboneInfo, create_backbone
+from covers.images import CoverError, load_cover
+from data.items import LoadResult, file_digest, problems_frame
+from engine.cache import ArrayCache, cache_key
+from engine.trainer import resolve_device
+
+#: Bump when a feature computation changes, so old cache entries stop matching.
+INPUTS_VERSION = 1
+
+
+def normalise(images: np.ndarray, info: BackboneInfo) -> torch.Tensor:
+    """``uint8 (batch, s, s, 3)`` → float ``(batch, 3, s, s)`` with the backbone's mean/std."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255)
+    mean = torch.tensor(info.mean).view(1, 3, 1, 1)
+    std = torch.tensor(info.std).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def _content_hash(row: pd.Series) -> str:
+    md5 = row.get("md5", "")
+    return md5 if isinstance(md5, str) and md5 else file_digest(row["cover_path"])
+
+
+def _per_cover(items: pd.DataFrame, namespace: str, params: dict, cache_dir: str | Path | None, size: int,
+               compute: Callable[[np.ndarray], np.ndarray], batch_size: int, desc: str,
+               progress: bool) -> tuple[LoadResult, np.ndarray]:
+    """Run ``compute`` (uint8 images → one row each) over the covers, cached; failures listed."""
+    items = items.reset_index(drop=True)
+    cache = ArrayCache(cache_dir, namespace) if cache_dir else None
+    values: dict[int, np.ndarray] = {}
+    problems: list[dict] = []
+    pending: list[tuple[int, str, np.ndarray]] = []
+
+    def flush() -> None:
+        if not pending:
+            return
+        out = compute(np.stack([image for _, _, image in pending]))
+        for (row, key, _), value in zip(pending, out):
+            values[row] = value
+            if cache:
+                cache.put(key, value)
+        pending.clear()
+
+    for row in tqdm(range(len(items)), desc=desc, disable=not progress):
+        item = items.iloc[row]
+        try:
+            key = cache_key(_content_hash(item), {**params, "v": INPUTS_VERSION}) if cache else ""
+        except OSError as error:
+            problems.append({"where": item["cover_path"], "item_id": item["item_id"], "reason": f"missing file: {error}"})
+            continue
+        if cache and (hit := cache.get(key)) is not None:
+            values[row] = hit
+            continue
+        try:
+            pending.append((row, key, load_cover(item["cover_path"], size)))
+        except CoverError as error:
+            problems.append({"where": item["cover_path"], "item_id": item["item_id"], "reason": str(error)})
+            continue
+        if len(pending) >= batch_size:
+            flush()
+    flush()
+    keep = sorted(values)
+    array = np.stack([values[r] for r in keep]) if keep else np.zeros((0, 0), np.float32)
+    return LoadResult(items.loc[keep].reset_index(drop=True), problems_frame(problems)), array
+
+
+def backbone_embeddings(items: pd.DataFrame, backbone: str, cache_dir: str | Path | None = None,
+                        weights_path: str | None = None, batch_size: int = 64, device: str = "auto",
+                        progress: bool = True) -> tuple[LoadResult, np.ndarray]:
+    """Pooled ImageNet-backbone embeddings ``(n_kept, embed_dim)`` float32 of each cover (frozen mode)."""
+    model, info = create_backbone(backbone, pretrained=True, weights_path=weights_path)
+    device_ = resolve_device(device)
+    model.to(device_).eval()
+    params = {"backbone": info.name, "weights": file_digest(info.weights) if info.weights else None,
+              "size": info.input_size, "mean": info.mean, "std": info.std}
+
+    @torch.no_grad()
+    def embed(images: np.ndarray) -> np.ndarray:
+        return model(normalise(images, info).to(device_)).float().cpu().numpy()
+
+    return _per_cover(items, "cover_embeddings", params, cache_dir, info.input_size, embed, batch_size,
+                      f"{info.name} embeddings", progress)
+
+
+#: Image side the Random-Forest features are computed at.
+RF_SIZE = 256
+
+
+def handcrafted_features(image: np.ndarray) -> np.ndarray:
+    """Colour histograms, local binary patterns and Hu moments of one ``uint8 (s, s, 3)`` cover.
+
+    - 3-D RGB colour histogram, 4 bins per channel (64 values, fractions) plus an 8-bin
+      histogram per HSV channel (24);
+    - uniform LBP (P=8, R=1) histogram of the grey image (10 bins, fractions);
+    - the 7 Hu moments of the grey image, as sign · log10|h|.
+    Returns float32 ``(105,)``.
+    """
+    from skimage.color import rgb2gray, rgb2hsv
+    from skimage.feature import local_binary_pattern
+    from skimage.measure import moments_central, moments_hu, moments_normalized
+
+    pixels = image.reshape(-1, 3)
+    joint = np.histogramdd(pixels // 64, bins=(4, 4, 4), range=[(0, 4)] * 3)[0].ravel() / len(pixels)
+    hsv = rgb2hsv(image).reshape(-1, 3)
+    per_channel = np.concatenate([np.histogram(hsv[:, c], bins=8, range=(0, 1))[0] for c in range(3)]) / len(hsv)
+    grey = rgb2gray(image)
+    lbp = local_binary_pattern((grey * 255).astype(np.uint8), P=8, R=1, method="uniform")
+    lbp_hist = np.histogram(lbp, bins=10, range=(0, 10))[0] / lbp.size
+    hu = moments_hu(moments_normalized(moments_central(grey), 3))
+    hu = np.sign(hu) * np.log10(np.abs(hu) + 1e-30)
+    return np.concatenate([joint, per_channel, lbp_hist, hu]).astype(np.float32)
+
+
+def random_forest_features(items: pd.DataFrame, cache_dir: str | Path | None = None,
+                           progress: bool = True) -> tuple[LoadResult, np.ndarray]:
+    """:func:`handcrafted_features` of each cover ``(n_kept, 105)``."""
+    def compute(images: np.ndarray) -> np.ndarray:
+        return np.stack([handcrafted_features(image) for image in images])
+
+    return _per_cover(items, "cover_rf_features", {"size": RF_SIZE}, cache_dir, RF_SIZE, compute, 32,
+                      "colour/LBP/Hu features", progress)

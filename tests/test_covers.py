@@ -1,0 +1,149 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from covers.backbones import MissingWeightsError, create_backbone, create_model
+from covers.images import CoverError, load_cover
+from covers.inputs import handcrafted_features
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("name,pretrained,size", [
+    ("efficientnet_lite0", True, 64), ("efficientnet_lite2", True, 64), ("resnet50", False, 64), ("small_cnn", False, 32),
+])
+def test_backbone_forward_backward(name, pretrained, size):
+    model = create_model(name, n_classes=3, pretrained=pretrained)
+    features = model.features(torch.randn(2, 3, size, size))
+    assert features.shape == (2, model.info.embed_dim)
+    logits = model(torch.randn(2, 3, size, size))
+    assert logits.shape == (2, 3)
+    logits.sum().backward()
+    assert model.head[1].weight.grad is not None
+    assert all(p.requires_grad for p in model.parameters())  # fine-tuning: every layer trainable
+
+
+def test_pretrained_lite_weights_are_loaded_not_random():
+    first, info = create_backbone("efficientnet_lite0", pretrained=True)
+    second, _ = create_backbone("efficientnet_lite0", pretrained=True)
+    assert info.weights and Path(info.weights).is_file()
+    for a, b in zip(first.state_dict().values(), second.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_missing_resnet50_weights_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(MissingWeightsError, match="weights_path"):
+        create_backbone("resnet50", pretrained=True)
+    with pytest.raises(MissingWeightsError, match="nope.pth"):
+        create_backbone("resnet50", pretrained=True, weights_path=str(tmp_path / "nope.pth"))
+    with pytest.raises(ValueError, match="unknown backbone"):
+        create_backbone("resnet5O")
+
+
+def test_resnet50_weights_path_is_used(tmp_path):
+    from torchvision.models import resnet50
+
+    reference = resnet50(weights=None)
+    torch.save(reference.state_dict(), tmp_path / "r50.pth")
+    model, info = create_backbone("resnet50", pretrained=True, weights_path=str(tmp_path / "r50.pth"))
+    assert info.weights == str(tmp_path / "r50.pth")
+    assert torch.equal(model.conv1.weight, reference.conv1.weight)
+
+
+def test_main_job_refuses_pretrained_resnet50_without_weights(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "run.py"), f"paths.root_dir={tmp_path}", "experiment=covers_m1"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path, env={"TORCH_HOME": str(tmp_path), "PATH": "/usr/bin"},
+    )
+    assert result.returncode != 0 and "resnet50-11ad3fa6.pth" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def bad_covers(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bad_covers")
+    rng = np.random.default_rng(0)
+    rgb = Image.fromarray(rng.integers(0, 255, (300, 300, 3), dtype=np.uint8))
+    rgb.save(folder / "ok.jpg")
+    data = (folder / "ok.jpg").read_bytes()
+    (folder / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    rgb.convert("CMYK").save(folder / "cmyk.jpg")
+    rgb.convert("L").save(folder / "grey.jpg")
+    rgba = rgb.convert("RGBA")
+    rgba.putalpha(0)
+    rgba.save(folder / "alpha.png")
+    Image.new("RGB", (1, 1)).save(folder / "tiny.png")
+    Image.new("RGB", (10_000, 10_000), (200, 10, 10)).save(folder / "huge.jpg", quality=50)
+    (folder / "text.jpg").write_text("not an image")
+    return folder
+
+
+@pytest.mark.parametrize("name", ["ok.jpg", "cmyk.jpg", "grey.jpg", "alpha.png", "huge.jpg"])
+def test_unusual_covers_load_as_rgb(bad_covers, name):
+    image = load_cover(bad_covers / name, 64)
+    assert image.shape == (64, 64, 3) and image.dtype == np.uint8
+    if name == "alpha.png":
+        assert image.min() == 255  # fully transparent → the white background
+    if name == "huge.jpg":
+        assert abs(int(image[..., 0].mean()) - 200) <= 3
+
+
+@pytest.mark.parametrize("name,reason", [("truncated.jpg", "corrupt"), ("tiny.png", "too small"),
+                                         ("text.jpg", "not a usable image"), ("absent.jpg", "missing")])
+def test_bad_covers_raise_with_reason(bad_covers, name, reason):
+    with pytest.raises(CoverError, match=reason):
+        load_cover(bad_covers / name, 64)
+
+
+def test_random_forest_features_are_deterministic(covers_loaded):
+    paths = covers_loaded.items["cover_path"].iloc[:2]
+    first = [handcrafted_features(load_cover(p, 256)) for p in paths]
+    again = handcrafted_features(load_cover(paths.iloc[0], 256))
+    assert first[0].shape == (105,) and np.isfinite(first[0]).all()
+    assert np.array_equal(first[0], again)
+    assert not np.array_equal(first[0], first[1])
+    np.testing.assert_allclose(first[0][:64].sum(), 1.0, rtol=1e-5)  # colour histogram fractions
+
+
+def test_checkpoint_evaluation_reproduces_training_metrics(covers_loaded, bad_covers, tmp_path):
+    items = covers_loaded.items
+    picked = pd.concat([items[(items["source"] == "discogs") & (items["label"] == g)].head(24)
+                        for g in ("hiphop", "country", "pop")])
+    data_root = covers_loaded.items["cover_path"].iloc[0].split("/covers/")[0]
+    table = pd.DataFrame({"path": [str(Path(p)) for p in picked["cover_path"]], "source": "discogs",
+                          "genre": picked["label"], "md5": picked["md5"]})
+    bad = pd.DataFrame({"path": [str(bad_covers / "truncated.jpg"), str(bad_covers / "text.jpg")],
+                        "source": "discogs", "genre": "pop", "md5": ["bad1", "bad2"]})
+    csv = tmp_path / "small.csv"
+    pd.concat([table, bad]).to_csv(csv, index=False)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "run.py"), f"paths.root_dir={tmp_path}", "trainer.progress=false",
+         "branches=[covers]", "covers.mode=finetune", "covers.model.backbone=small_cnn", "covers.model.pretrained=false",
+         f"covers.data.loader.csv_path={csv}", "covers.data.name=small", "trainer.max_epochs=2", "trainer.lr=1e-3",
+         "split=random", "split.val_fraction=0.2"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = Path(result.stdout.strip().splitlines()[-1].split("Run folder: ")[1]) / "covers"
+    trained = json.loads((run / "metrics.json").read_text())
+    problems = pd.read_csv(run / "cover_problems.csv")
+    assert len(problems) == 2 and trained["cover_problems"] == 2
+    split = pd.read_csv(trained["split_file"])
+    test_ids = set(split.loc[split["split"] == "test", "item_id"])
+    test_rows = table[[str(Path(p).with_suffix("")) in test_ids for p in table["path"]]]
+    test_csv = tmp_path / "test_only.csv"
+    test_rows.to_csv(test_csv, index=False)
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "evaluate_covers.py"), str(run), str(test_csv),
+                             "--out", str(tmp_path / "eval")], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    evaluated = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert evaluated["n"] == trained["n"]
+    assert evaluated["confusion"] == trained["confusion"]
+    assert evaluated["accuracy"] == trained["accuracy"]
