@@ -19,12 +19,12 @@ from tqdm.auto import tqdm
 from audio.features import HOP_LENGTH, N_FFT, gtzan_features
 from audio.io import SAMPLE_RATE, AudioError, read_audio, take_window
 from audio.mel import MelParams, MelSpectrogram
-from data.gtzan import FEATURE_COLUMNS, SEGMENT_SAMPLES
+from data.gtzan import FEATURE_COLUMNS, SEGMENT_HOP_SAMPLES, SEGMENT_SAMPLES
 from data.items import LoadResult, file_digest, problems_frame
 from engine.cache import ArrayCache, JsonCache, cache_key
 
 #: Bump when the feature code changes what it computes, so old cache entries stop matching.
-FEATURES_VERSION = 2
+FEATURES_VERSION = 3
 #: Frames kept of each 3-second log-mel (1 + 66,149 // 512 = 130 computed): the 128×128 input.
 MEL_FRAMES = 128
 
@@ -73,7 +73,8 @@ def _file_job(audio_path: str, segments: tuple[int, ...], cache_dir: str | None,
     decoded = None
     outcomes: list[Outcome] = []
     for segment in segments:
-        key = cache_key(content, {**job.params, "segment": segment, "segment_samples": SEGMENT_SAMPLES}) if cache else ""
+        window = {"segment": segment, "segment_samples": SEGMENT_SAMPLES, "segment_hop": SEGMENT_HOP_SAMPLES}
+        key = cache_key(content, {**job.params, **window}) if cache else ""
         if cache and (hit := cache.get(key)) is not None:
             outcomes.append((hit["value"], hit["flag"]) if isinstance(hit, dict) else (hit, ""))
             continue
@@ -81,7 +82,7 @@ def _file_job(audio_path: str, segments: tuple[int, ...], cache_dir: str | None,
             if decoded is None:
                 decoded = read_audio(audio_path)
             if segment >= 0:
-                clip = take_window(decoded, name, segment * SEGMENT_SAMPLES, SEGMENT_SAMPLES)
+                clip = take_window(decoded, name, segment * SEGMENT_HOP_SAMPLES, SEGMENT_SAMPLES)
                 if clip.padded > SEGMENT_SAMPLES // 2:
                     raise AudioError(f"segment {segment} of {name} is mostly past the end of the file")
             else:

@@ -31,10 +31,20 @@ class BackboneInfo:
     weights: str | None  # where the pretrained weights came from (None: random init)
 
 
+class MapsBackbone(nn.Module):
+    """A backbone as two steps: ``maps(x)`` (last convolutional feature maps) and their spatial mean."""
+
+    def maps(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.maps(x).mean(dim=(2, 3))
+
+
 class CoverClassifier(nn.Module):
     """Backbone features → dropout → linear. Input: normalised images ``(batch, 3, size, size)``."""
 
-    def __init__(self, backbone: nn.Module, info: BackboneInfo, n_classes: int, dropout: float = 0.5) -> None:
+    def __init__(self, backbone: MapsBackbone, info: BackboneInfo, n_classes: int, dropout: float = 0.5) -> None:
         super().__init__()
         self.backbone, self.info = backbone, info
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(info.embed_dim, n_classes))
@@ -76,18 +86,29 @@ def _resnet50(pretrained: bool, weights_path: str | None) -> tuple[nn.Module, Ba
             )
         model.load_state_dict(_load_state(found))
         source = str(found)
-    model.fc = nn.Identity()
-    return model, BackboneInfo("resnet50", 224, IMAGENET_MEAN, IMAGENET_STD, 2048, source)
+    return _ResNetFeatures(model), BackboneInfo("resnet50", 224, IMAGENET_MEAN, IMAGENET_STD, 2048, source)
 
 
-class _EfficientNetLiteFeatures(nn.Module):
+class _ResNetFeatures(MapsBackbone):
     def __init__(self, net: nn.Module) -> None:
         super().__init__()
+        net.fc = nn.Identity()
         self.net = net
-        self.pool = nn.AdaptiveAvgPool2d(1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pool(self.net.extract_features(x)).flatten(1)
+    def maps(self, x: torch.Tensor) -> torch.Tensor:
+        n = self.net
+        x = n.maxpool(n.relu(n.bn1(n.conv1(x))))
+        return n.layer4(n.layer3(n.layer2(n.layer1(x))))
+
+
+class _EfficientNetLiteFeatures(MapsBackbone):
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        net._fc = nn.Identity()
+        self.net = net
+
+    def maps(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.extract_features(x)
 
 
 def _efficientnet_lite(variant: int) -> Callable[[bool, str | None], tuple[nn.Module, BackboneInfo]]:
@@ -103,7 +124,6 @@ def _efficientnet_lite(variant: int) -> Callable[[bool, str | None], tuple[nn.Mo
             path = weights_path or _packaged_lite_weights(variant)
             net.load_state_dict(_load_state(path))
             source = str(path)
-        net._fc = nn.Identity()
         info = BackboneInfo(f"efficientnet_lite{variant}", sizes[variant], IMAGENET_MEAN, IMAGENET_STD, 1280, source)
         return _EfficientNetLiteFeatures(net), info
 
@@ -122,7 +142,7 @@ def _packaged_lite_weights(variant: int) -> str:
     return getattr(module, f"EfficientnetLite{variant}ModelFile").get_model_file_path()
 
 
-class SmallCNN(nn.Module):
+class SmallCNN(MapsBackbone):
     """The Keras-style baseline trained from scratch: [5×5 conv → ReLU → 2×2 max-pool] × 3 → global average."""
 
     def __init__(self, channels: tuple[int, ...] = (32, 64, 128)) -> None:
@@ -132,10 +152,10 @@ class SmallCNN(nn.Module):
         for size in channels:
             layers += [nn.Conv2d(width, size, 5, padding=2), nn.BatchNorm2d(size), nn.ReLU(), nn.MaxPool2d(2)]
             width = size
-        self.net = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.net = nn.Sequential(*layers)
         self.embed_dim = width
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def maps(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
 
@@ -151,7 +171,7 @@ def _small_cnn(pretrained: bool, weights_path: str | None) -> tuple[nn.Module, B
     return model, BackboneInfo("small_cnn", 128, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), model.embed_dim, source)
 
 
-BACKBONES: dict[str, Callable[[bool, str | None], tuple[nn.Module, BackboneInfo]]] = {
+BACKBONES: dict[str, Callable[[bool, str | None], tuple[MapsBackbone, BackboneInfo]]] = {
     "resnet50": _resnet50,
     "efficientnet_lite0": _efficientnet_lite(0),
     "efficientnet_lite2": _efficientnet_lite(2),
@@ -159,8 +179,9 @@ BACKBONES: dict[str, Callable[[bool, str | None], tuple[nn.Module, BackboneInfo]
 }
 
 
-def create_backbone(name: str, pretrained: bool = True, weights_path: str | None = None) -> tuple[nn.Module, BackboneInfo]:
-    """``(feature extractor, info)``; the extractor maps ``(batch, 3, s, s)`` to ``(batch, info.embed_dim)``.
+def create_backbone(name: str, pretrained: bool = True, weights_path: str | None = None) -> tuple[MapsBackbone, BackboneInfo]:
+    """``(feature extractor, info)``; the extractor maps ``(batch, 3, s, s)`` to ``(batch, info.embed_dim)``
+    and its ``maps`` gives the last feature maps ``(batch, embed_dim, h, w)`` (for Grad-CAM).
 
     ``pretrained=True`` without weights on disk raises :class:`MissingWeightsError` saying how to
     provide them; it never falls back to random initialisation.

@@ -20,8 +20,10 @@ FEATURE_COLUMNS: list[str] = (
 )
 GENRES = ["blues", "classical", "country", "disco", "hiphop", "jazz", "metal", "pop", "reggae", "rock"]
 AUDIO_SUFFIXES = (".ogg", ".wav", ".flac", ".mp3", ".au")
-#: Samples in one 3-second segment of ``features_3_sec.csv`` (at 22,050 Hz).
+#: Samples in one 3-second segment of ``features_3_sec.csv`` (at 22,050 Hz): segment k starts at
+#: k · 3 s (k · 66,150 samples) and holds 66,149 samples, which reproduces that table exactly.
 SEGMENT_SAMPLES = 66149
+SEGMENT_HOP_SAMPLES = 66150
 
 
 def clip_id(filename: str) -> str:

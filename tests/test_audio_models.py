@@ -9,7 +9,7 @@ from audio.io import load_audio
 from audio.mel import MelParams, MelSpectrogram, librosa_log_mel
 from audio.models import HybridNet, MelCNN
 from audio.feature_mlp import FeatureMLP
-from data.gtzan import SEGMENT_SAMPLES, segment_items
+from data.gtzan import SEGMENT_HOP_SAMPLES, SEGMENT_SAMPLES, segment_items
 from engine.run import mean_by_group
 
 
@@ -54,7 +54,7 @@ def test_log_mels_of_segments_are_cached_and_failures_listed(data_root, tmp_path
     assert set(kept.problems["item_id"]) == {"r.10", "corrupt"}
     assert mels.shape == (2, 128, MEL_FRAMES)
     y = load_audio(clip).y
-    np.testing.assert_allclose(mels[1], librosa_log_mel(y[9 * SEGMENT_SAMPLES: 10 * SEGMENT_SAMPLES])[:, :MEL_FRAMES],
+    np.testing.assert_allclose(mels[1], librosa_log_mel(y[9 * SEGMENT_HOP_SAMPLES: 9 * SEGMENT_HOP_SAMPLES + SEGMENT_SAMPLES])[:, :MEL_FRAMES],
                                rtol=1e-4, atol=1e-4)
     _, again = extract_log_mels(items.iloc[:2], cache_dir=tmp_path, progress=False)
     assert len(list(tmp_path.rglob("*.npy"))) == 2

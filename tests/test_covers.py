@@ -55,7 +55,7 @@ def test_resnet50_weights_path_is_used(tmp_path):
     torch.save(reference.state_dict(), tmp_path / "r50.pth")
     model, info = create_backbone("resnet50", pretrained=True, weights_path=str(tmp_path / "r50.pth"))
     assert info.weights == str(tmp_path / "r50.pth")
-    assert torch.equal(model.conv1.weight, reference.conv1.weight)
+    assert torch.equal(model.net.conv1.weight, reference.conv1.weight)
 
 
 def test_main_job_refuses_pretrained_resnet50_without_weights(tmp_path):
@@ -147,3 +147,18 @@ def test_checkpoint_evaluation_reproduces_training_metrics(covers_loaded, bad_co
     assert evaluated["n"] == trained["n"]
     assert evaluated["confusion"] == trained["confusion"]
     assert evaluated["accuracy"] == trained["accuracy"]
+
+
+def test_grad_cam_maps_and_probabilities_match_the_model():
+    from covers.explain import grad_cam, most_typical
+
+    torch.manual_seed(0)
+    model = create_model("small_cnn", n_classes=3, pretrained=False).eval()
+    x = torch.randn(4, 3, 32, 32)
+    cams, proba = grad_cam(model, x)
+    assert cams.shape == (4, 32, 32) and cams.min() >= 0 and np.allclose(cams.max(axis=(1, 2)), 1.0, atol=1e-6)
+    np.testing.assert_allclose(proba, torch.softmax(model(x), 1).detach().numpy(), atol=1e-5)
+    predictions = pd.DataFrame({"predicted": ["a", "a", "b"], "p_a": [0.6, 0.9, 0.1], "p_b": [0.4, 0.1, 0.9],
+                                "item_id": ["x", "y", "z"]})
+    typical = most_typical(predictions, ["a", "b"], per_class=1)
+    assert list(typical["item_id"]) == ["y", "z"]

@@ -1,0 +1,129 @@
+"""The paper's covers-only table (Random Forest, M1–M5 × 3/4/5 classes × protocols) beside its numbers,
+with a source-confound check for every label set."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, OmegaConf
+
+from covers.inputs import backbone_embeddings
+from covers.train import train_covers
+from engine.branch import prepare_from_config
+from engine.config import register_resolvers
+from engine.run import evaluate_estimator
+
+log = logging.getLogger(__name__)
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+#: Test accuracy the paper reports (ResNet50 M3-style fine-tuning; Random Forest on 3 classes).
+PAPER = {"paper3": {"cnn": 0.74, "random_forest": 0.5057}, "paper4": {"cnn": 0.61}, "paper5": {"cnn": 0.55}}
+#: Label sets whose genres all exist in the Discogs part; the others need Spotify's jazz (mixed sources).
+DISCOGS_ONLY = {"paper3"}
+
+
+def _config(overrides: list[str]) -> DictConfig:
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("config", overrides=overrides)
+
+
+def _data_overrides(label_set: str) -> list[str]:
+    if label_set in DISCOGS_ONLY:
+        return []
+    return ["covers.data.name=covers_all", "covers.data.loader.sources=null"]
+
+
+def source_confound(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """How far the label set is explained by the covers' source (Discogs vs. Spotify).
+
+    Reports the source mix per genre, the accuracy of guessing the genre from the source alone
+    (majority genre of each source, fitted on train), and how well a logistic regression on the
+    frozen embeddings tells the sources apart (test accuracy; 0.5-ish means indistinguishable).
+    """
+    prepared = prepare_from_config(cfg, cfg.covers.data, run_dir)
+    items = prepared.items
+    mix = pd.crosstab(items["label"], items["source"]).to_dict(orient="index")
+    train, test = items[items["split"] == "train"], items[items["split"] == "test"]
+    majority = train.groupby("source")["label"].agg(lambda s: s.value_counts().index[0])
+    from_source = float((test["source"].map(majority) == test["label"]).mean())
+    result: dict[str, Any] = {"source_mix": mix, "genre_from_source_accuracy": from_source}
+    if items["source"].nunique() > 1:
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        kept, x = backbone_embeddings(items, cfg.covers.model.backbone, cfg.paths.cache_dir, progress=False)
+        sources = sorted(kept.items["source"].unique())
+        y = kept.items["source"].map({s: i for i, s in enumerate(sources)}).to_numpy()
+        part = kept.items["split"].to_numpy()
+        metrics, _ = evaluate_estimator(
+            make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000)), x[part == "train"], y[part == "train"],
+            x[part == "test"], y[part == "test"], sources, run_dir / "source_classifier",
+            title="source classifier (confound check)", card={"check": "source confound"},
+        )
+        result["source_classifier_accuracy"] = metrics["accuracy"]
+        result["source_classifier_ci95"] = metrics["ci95"]["accuracy"]
+    return result
+
+
+def reproduce(out_dir: Path, label_sets: list[str], protocols: list[str], mode: str, backbone: str,
+              extra_overrides: list[str] | None = None) -> pd.DataFrame:
+    """Run every row of the table; each model writes its own run folder under ``out_dir``.
+
+    Returns one row per (label set, protocol, model) with accuracy, its 95% interval and n.
+    """
+    rows = []
+    for label_set in label_sets:
+        for protocol in protocols:
+            base = [f"labels={label_set}", f"split={protocol}", "branches=[covers]", f"paths.root_dir={Path.cwd()}",
+                    *_data_overrides(label_set), *(extra_overrides or [])]
+            cell = out_dir / f"{label_set}-{protocol}"
+            confound = source_confound(_config(base), cell / "confound")
+            models: list[tuple[str, list[str]]] = [("RF", ["covers.mode=random_forest"])]
+            for m in ("M1", "M2", "M3", "M4", "M5"):
+                models.append((m, [f"experiment=covers_{m.lower()}", f"covers.mode={mode}",
+                                   f"covers.model.backbone={backbone}", "covers.model.pretrained=true"]))
+            for name, overrides in models:
+                run_dir = cell / name
+                if name == "M4" or name == "M5":
+                    overrides = [*overrides, f"covers.class_weights_from={cell / 'M3' / 'predictions.csv'}"]
+                if name == "M5" and mode == "frozen":
+                    rows.append({"labels": label_set, "protocol": protocol, "model": name,
+                                 "note": "needs covers.mode=finetune (augmentation changes pixels)"})
+                    continue
+                cfg = _config(base + overrides)
+                run_dir.mkdir(parents=True, exist_ok=True)
+                OmegaConf.save(cfg, run_dir / "config.yaml")
+                metrics = train_covers(cfg, run_dir)
+                rows.append({"labels": label_set, "protocol": protocol, "model": name, "n": metrics["n"],
+                             "accuracy": metrics["accuracy"], "ci95": metrics["ci95"]["accuracy"],
+                             "paper": PAPER[label_set].get("random_forest" if name == "RF" else "cnn")})
+            rows.append({"labels": label_set, "protocol": protocol, "model": "confound", **confound})
+    return pd.DataFrame(rows)
+
+
+def format_table(results: pd.DataFrame, mode: str, backbone: str) -> str:
+    """Markdown: one line per model run, the paper's number beside it, then the confound checks."""
+    lines = [f"CNN rows: {backbone}, mode {mode}. Paper: ResNet50 fine-tuned on MusicOSet covers.", "",
+             "| labels | protocol | model | n | accuracy [95% CI] | paper |", "|---|---|---|---|---|---|"]
+    models = results[results["model"] != "confound"]
+    for r in models.itertuples():
+        if isinstance(getattr(r, "note", None), str):
+            lines.append(f"| {r.labels} | {r.protocol} | {r.model} | – | {r.note} | |")
+            continue
+        paper = f"{r.paper:.2%}" if isinstance(r.paper, float) and not np.isnan(r.paper) else ""
+        lines.append(f"| {r.labels} | {r.protocol} | {r.model} | {int(r.n)} | {r.accuracy:.3f} "
+                     f"[{r.ci95[0]:.3f}, {r.ci95[1]:.3f}] | {paper} |")
+    lines += ["", "Source-confound check (Discogs vs. Spotify covers):", ""]
+    for r in results[results["model"] == "confound"].to_dict(orient="records"):
+        line = (f"- {r['labels']} / {r['protocol']}: source mix {r['source_mix']}; genre guessed from source alone: "
+                f"{r['genre_from_source_accuracy']:.3f}")
+        if isinstance(r.get("source_classifier_accuracy"), float) and not np.isnan(r["source_classifier_accuracy"]):
+            line += (f"; source told apart from embeddings with accuracy {r['source_classifier_accuracy']:.3f} "
+                     f"[{r['source_classifier_ci95'][0]:.3f}, {r['source_classifier_ci95'][1]:.3f}]")
+        lines.append(line)
+    return "\n".join(lines)

@@ -1,0 +1,54 @@
+"""Grad-CAM grid and "most typical covers per genre" grid for a trained cover run.
+
+Usage: .venv/bin/python scripts/explain_covers.py COVERS_RUN_DIR [--n 12] [--per-class 6]
+Writes gradcam.png and typical_covers.png into the run folder (test covers only).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from hydra.utils import instantiate  # noqa: E402
+
+from covers.evaluate import load_cover_model  # noqa: E402
+from covers.explain import grad_cam, most_typical, save_grid  # noqa: E402
+from covers.images import load_cover  # noqa: E402
+from covers.inputs import normalise  # noqa: E402
+from engine.config import register_resolvers  # noqa: E402
+from engine.trainer import BEST_CHECKPOINT  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--n", type=int, default=12, help="covers in the Grad-CAM grid")
+    parser.add_argument("--per-class", type=int, default=6)
+    args = parser.parse_args(argv)
+    register_resolvers()
+    model, labels, record = load_cover_model(args.run_dir / BEST_CHECKPOINT)
+    loaded = instantiate(record["card"]["config"]["data"]["loader"])
+    paths = loaded.items.set_index("item_id")["cover_path"]
+    predictions = pd.read_csv(args.run_dir / "predictions.csv")
+    test = predictions[(predictions["split"] == "test") & predictions["item_id"].isin(paths.index)]
+    size = model.info.input_size
+
+    typical = most_typical(test, labels, args.per_class)
+    images = [load_cover(paths[i], size) for i in typical["item_id"]]
+    titles = [f"{r.typical_of} p={getattr(r, 'p_' + r.typical_of):.2f}\n(true {r.label})" for r in typical.itertuples()]
+    print("wrote", save_grid(images, titles, args.run_dir / "typical_covers.png", columns=args.per_class))
+
+    sample = test.sample(min(args.n, len(test)), random_state=0)
+    images = [load_cover(paths[i], size) for i in sample["item_id"]]
+    cams, proba = grad_cam(model, normalise(np.stack(images), model.info))
+    titles = [f"pred {labels[p.argmax()]} {p.max():.2f}\n(true {t})" for p, t in zip(proba, sample["label"])]
+    print("wrote", save_grid(images, titles, args.run_dir / "gradcam.png", overlays=cams))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

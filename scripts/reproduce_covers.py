@@ -1,0 +1,43 @@
+"""Reproduce the covers-only paper table on a covers table, beside the paper's numbers.
+
+Usage: .venv/bin/python scripts/reproduce_covers.py [--labels paper3 paper4 paper5]
+           [--protocols random group] [--mode frozen|finetune] [--backbone efficientnet_lite0] [-- overrides ...]
+Default mode is frozen (the CPU mode); on a GPU use --mode finetune --backbone resnet50
+(with covers.model.weights_path=...) or efficientnet_lite2. Writes table.md and results.json.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from covers.reproduce import format_table, reproduce  # noqa: E402
+from engine.report import write_json  # noqa: E402
+from engine.run import machine_info  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--labels", nargs="+", default=["paper3", "paper4", "paper5"])
+    parser.add_argument("--protocols", nargs="+", default=["random", "group"])
+    parser.add_argument("--mode", default="frozen", choices=["frozen", "finetune"])
+    parser.add_argument("--backbone", default="efficientnet_lite0")
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides applied to every run (after --)")
+    args = parser.parse_args(argv)
+    out = args.out or Path("outputs") / "reproduce" / time.strftime("%Y-%m-%d_%H-%M-%S")
+    out = out.resolve()
+    results = reproduce(out, args.labels, args.protocols, args.mode, args.backbone, args.overrides)
+    table = format_table(results, args.mode, args.backbone)
+    (out / "table.md").write_text(table + "\n")
+    write_json(out / "results.json", {"rows": results.to_dict(orient="records"), "machine": machine_info(),
+                                      "command": " ".join(sys.argv)})
+    print(table + f"\n\nRun folders and table: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
