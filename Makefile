@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install clean
+.PHONY: run test install clean ablation
 
 install: $(STAMP)
 
@@ -15,6 +15,12 @@ $(STAMP): pyproject.toml constraints.txt
 
 run: $(STAMP)
 	$(PY) scripts/run.py $(ARGS)
+
+# Fusion methods × 3 seeds (Hydra multirun), then one summary table (mean ± std over seeds).
+ablation: $(STAMP)
+	dir=outputs/multirun/ablation-$$(date +%Y%m%d-%H%M%S); \
+	$(PY) scripts/run.py -m fusion.method=weighted,mean,logreg,mlp seed=1,2,3 trainer.progress=false \
+		hydra.sweep.dir=$$dir $(ARGS) && $(PY) scripts/summarize_sweep.py $$dir
 
 test: $(STAMP)
 	$(PY) -m pytest $(ARGS)

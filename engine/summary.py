@@ -4,6 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from engine.report import write_json
+
 
 def results_table(rows: dict[str, dict[str, Any]]) -> str:
     """Markdown table: one row per model, headline metrics with their 95% bootstrap intervals."""
@@ -16,6 +18,10 @@ def results_table(rows: dict[str, dict[str, Any]]) -> str:
 
 
 def print_results(rows: dict[str, dict[str, Any]], run_dir: Path) -> None:
+    """Print the table and write it as ``results.md`` and ``results.json`` (what sweep summaries read)."""
     table = results_table(rows)
     (run_dir / "results.md").write_text(table + "\n")
+    write_json(run_dir / "results.json", {name: {k: m.get(k) for k in ("n", "accuracy", "balanced_accuracy",
+                                                                       "macro_f1", "ci95", "pairing")}
+                                          for name, m in rows.items()})
     print("\n" + table + "\n\n(95% bootstrap intervals in brackets)\nRun folder: " + str(run_dir))

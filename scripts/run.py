@@ -1,4 +1,8 @@
-"""The main job (`make run`): trains what is built on the default config and prints a results table."""
+"""The main job (`make run`): audio and cover branches, then late fusion; prints the comparison table.
+
+With fusion, the printed rows are the comparison on the same test items; each branch's report
+on its own whole test set is in its folder (``audio/``, ``covers/``).
+"""
 from __future__ import annotations
 
 import logging
@@ -21,16 +25,23 @@ def main(cfg: DictConfig) -> float:
     from engine.summary import print_results
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    unknown = sorted(set(cfg.branches) - {"audio", "covers"})
+    unknown = sorted(set(cfg.branches) - {"audio", "covers", "fusion"})
     if unknown:
-        raise ValueError(f"branches: unknown {unknown}; known: audio, covers")
+        raise ValueError(f"branches: unknown {unknown}; known: audio, covers, fusion")
+    if "fusion" in cfg.branches and not {"audio", "covers"} <= set(cfg.branches):
+        raise ValueError("branches: fusion needs both audio and covers")
     rows = {}
     if "audio" in cfg.branches:
         rows[f"audio-only ({cfg.audio.name})"] = train_audio(cfg, run_dir / "audio")
     if "covers" in cfg.branches:
         rows[f"covers-only ({cfg.covers.name})"] = train_covers(cfg, run_dir / "covers")
+    if "fusion" in cfg.branches:
+        from fusion.run import run_fusion
+
+        names = (f"image-only ({cfg.covers.name})", f"audio-only ({cfg.audio.name})")
+        rows = run_fusion(cfg, run_dir / "fusion", run_dir / "covers", run_dir / "audio", names=names)
     print_results(rows, run_dir)
-    return next(iter(rows.values()))["accuracy"]
+    return list(rows.values())[-1]["accuracy"]  # the fused row when fusion ran (multirun objective)
 
 
 if __name__ == "__main__":

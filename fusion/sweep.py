@@ -1,0 +1,52 @@
+"""Collect every run folder of a Hydra multirun sweep into one table: mean ± std over seeds."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
+
+
+def collect_runs(sweep_dir: str | Path) -> pd.DataFrame:
+    """One row per (run, result row): its overrides as columns, then the metrics.
+
+    A run folder is any folder below ``sweep_dir`` holding ``results.json`` and
+    ``.hydra/overrides.yaml``; runs that failed (no ``results.json``) are listed with ``status``.
+    """
+    records = []
+    for overrides_file in sorted(Path(sweep_dir).rglob(".hydra/overrides.yaml")):
+        run = overrides_file.parent.parent
+        overrides = dict(o.split("=", 1) for o in yaml.safe_load(overrides_file.read_text()) or [] if "=" in o)
+        results_file = run / "results.json"
+        if not results_file.is_file():
+            records.append({"run": str(run), **overrides, "status": "failed (no results.json)"})
+            continue
+        for name, metrics in json.loads(results_file.read_text()).items():
+            records.append({"run": str(run), **overrides, "status": "ok", "row": name,
+                            **{m: metrics[m] for m in METRICS}})
+    if not records:
+        raise FileNotFoundError(f"no Hydra run folders (.hydra/overrides.yaml) under {sweep_dir}")
+    return pd.DataFrame(records)
+
+
+def summarise(runs: pd.DataFrame, over: str = "seed") -> pd.DataFrame:
+    """Mean, std and count of each metric per (overrides except ``over``, result row)."""
+    ok = runs[runs["status"] == "ok"]
+    keys = [c for c in ok.columns if c not in {"run", "status", over, *METRICS}]
+    grouped = ok.groupby(keys, dropna=False)[list(METRICS)]
+    table = grouped.agg(["mean", "std", "count"])
+    table.columns = [f"{metric}_{stat}" for metric, stat in table.columns]
+    return table.reset_index()
+
+
+def to_markdown(summary: pd.DataFrame) -> str:
+    keys = [c for c in summary.columns if not any(c.startswith(m + "_") for m in METRICS)]
+    lines = ["| " + " | ".join(keys + list(METRICS) + ["seeds"]) + " |", "|" + "---|" * (len(keys) + len(METRICS) + 1)]
+    for _, r in summary.iterrows():
+        cells = [str(r[k]) for k in keys]
+        cells += [f"{r[m + '_mean']:.3f} ± {0 if pd.isna(r[m + '_std']) else r[m + '_std']:.3f}" for m in METRICS]
+        lines.append("| " + " | ".join(cells + [str(int(r["accuracy_count"]))]) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,34 @@
+"""Summarise a Hydra multirun sweep: every run's results in one table, mean ± std over seeds.
+
+Usage: .venv/bin/python scripts/summarize_sweep.py SWEEP_DIR [--over seed]
+Writes SWEEP_DIR/summary.csv, summary.md and runs.csv, and prints the Markdown table.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from fusion.sweep import collect_runs, summarise, to_markdown  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sweep_dir", type=Path)
+    parser.add_argument("--over", default="seed", help="override averaged over (default: seed)")
+    args = parser.parse_args(argv)
+    runs = collect_runs(args.sweep_dir)
+    summary = summarise(runs, over=args.over)
+    runs.to_csv(args.sweep_dir / "runs.csv", index=False)
+    summary.to_csv(args.sweep_dir / "summary.csv", index=False)
+    table = to_markdown(summary)
+    (args.sweep_dir / "summary.md").write_text(table + "\n")
+    failed = int((runs["status"] != "ok").sum())
+    print(table + (f"\n\n{failed} run(s) failed; see runs.csv" if failed else "") + f"\n\nWritten to {args.sweep_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

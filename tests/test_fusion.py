@@ -1,0 +1,129 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from omegaconf import OmegaConf
+
+from fusion.heads import create_fusion
+from fusion.pairing import modality_counts, real_pairs, synthetic_pairs
+from fusion.run import run_fusion
+from fusion.sweep import collect_runs, summarise
+
+ROOT = Path(__file__).resolve().parent.parent
+LABELS = ["rap", "country", "pop"]
+
+
+def _branch_outputs(prefix: str, n_per_cell: dict[str, int], seed: int, strength: float) -> pd.DataFrame:
+    """Fake predictions.csv of a branch: val/test items of three genres, probabilities leaning to the truth."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for split, n in n_per_cell.items():
+        for y, label in enumerate(LABELS):
+            for i in range(n):
+                logits = rng.normal(size=3)
+                logits[y] += strength
+                p = np.exp(logits) / np.exp(logits).sum()
+                rows.append({"item_id": f"{prefix}{split}{label}{i}", "split": split, "label": label, "y": y,
+                             "predicted": LABELS[int(p.argmax())], **{f"p_{c}": p[j] for j, c in enumerate(LABELS)}})
+    return pd.DataFrame(rows)
+
+
+def test_synthetic_pairs_never_cross_splits_or_genres():
+    covers = _branch_outputs("c", {"val": 30, "test": 40}, 0, 1.0)
+    audio = _branch_outputs("a", {"val": 10, "test": 12}, 1, 2.0)
+    pairs = synthetic_pairs(covers, audio, seed=3)
+    info_c, info_a = covers.set_index("item_id"), audio.set_index("item_id")
+    paired = pairs[(pairs["cover_item_id"] != "") & (pairs["audio_item_id"] != "")]
+    assert len(paired) == 3 * (10 + 12)
+    for row in paired.itertuples():
+        assert info_c.loc[row.cover_item_id, "split"] == info_a.loc[row.audio_item_id, "split"] == row.split
+        assert info_c.loc[row.cover_item_id, "label"] == info_a.loc[row.audio_item_id, "label"] == row.label
+    assert sorted(pairs["cover_item_id"][pairs["cover_item_id"] != ""]) == sorted(covers["item_id"])
+    assert modality_counts(pairs) == {"both": 66, "cover_only": 144, "audio_only": 0}
+    pd.testing.assert_frame_equal(pairs, synthetic_pairs(covers, audio, seed=3))  # fixed seed → same pairs
+    assert not pairs.equals(synthetic_pairs(covers, audio, seed=4))
+
+
+def test_real_pairs_join_on_item_id_and_keep_single_modality_items():
+    covers = _branch_outputs("", {"val": 3, "test": 3}, 0, 1.0)
+    audio = covers.iloc[:10].copy()
+    pairs = real_pairs(covers, audio)
+    assert modality_counts(pairs) == {"both": 10, "cover_only": len(covers) - 10, "audio_only": 0}
+    audio.loc[audio.index[0], "split"] = "test" if audio["split"].iloc[0] == "val" else "val"
+    with pytest.raises(ValueError, match="different split"):
+        real_pairs(covers, audio)
+
+
+@pytest.mark.parametrize("method", ["weighted", "mean", "logreg", "mlp"])
+def test_missing_modality_is_scored_by_the_branch_it_has(method):
+    rng = np.random.default_rng(0)
+    p_cover, p_audio = rng.dirichlet(np.ones(3), 60), rng.dirichlet(np.ones(3), 60)
+    y = rng.integers(0, 3, 60)
+    head = create_fusion(method, seed=0).fit(p_cover, p_audio, y)
+    p_cover[:5] = np.nan
+    p_audio[5:10] = np.nan
+    out = head.predict_proba(p_cover, p_audio)
+    np.testing.assert_allclose(out[:5], p_audio[:5])
+    np.testing.assert_allclose(out[5:10], p_cover[5:10])
+    assert np.isfinite(out).all() and np.allclose(out.sum(1), 1)
+
+
+def test_weighted_fusion_learns_to_trust_the_better_branch():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 3, 300)
+    good = np.eye(3)[y] * 0.8 + 0.2 / 3
+    noise = rng.dirichlet(np.ones(3), 300)
+    head = create_fusion("weighted").fit(noise, good, y)
+    assert head.weight_ <= 0.1
+
+
+def test_fusion_never_sees_test_items_while_fitting(tmp_path):
+    covers = _branch_outputs("c", {"val": 20, "test": 20}, 0, 1.0)
+    audio = _branch_outputs("a", {"val": 20, "test": 20}, 1, 1.5)
+    for name, table in (("covers", covers), ("audio", audio)):
+        (tmp_path / name).mkdir()
+        table.to_csv(tmp_path / name / "predictions.csv", index=False)
+    cfg = OmegaConf.create({"seed": 0, "fusion": {"method": "logreg", "pairing": "auto", "weight": None}})
+    run_fusion(cfg, tmp_path / "first", tmp_path / "covers", tmp_path / "audio")
+    # Scramble every test probability of both branches: the fitted head must not change, so the
+    # fused validation predictions stay identical.
+    for name, table in (("covers", covers), ("audio", audio)):
+        test = table["split"] == "test"
+        table.loc[test, [f"p_{c}" for c in LABELS]] = np.random.default_rng(9).dirichlet(np.ones(3), test.sum())
+        table.to_csv(tmp_path / name / "predictions.csv", index=False)
+    run_fusion(cfg, tmp_path / "second", tmp_path / "covers", tmp_path / "audio")
+    first, second = (pd.read_csv(tmp_path / d / "predictions.csv") for d in ("first", "second"))
+    val = first["split"] == "val"
+    pd.testing.assert_frame_equal(first[val], second[val])
+    assert not first[~val].equals(second[~val])
+    metrics = json.loads((tmp_path / "first" / "metrics_pairing-synthetic.json").read_text())
+    assert metrics["pairing"] == "synthetic" and metrics["comparison_items"] == 60
+    assert (tmp_path / "first" / "confusions_pairing-synthetic.png").is_file()
+
+
+def test_sweep_summary_aggregates_a_fake_sweep(tmp_path):
+    accuracies = {("weighted", 1): 0.6, ("weighted", 2): 0.8, ("logreg", 1): 0.5, ("logreg", 2): 0.7}
+    for number, ((method, seed), accuracy) in enumerate(accuracies.items()):
+        run = tmp_path / str(number)
+        (run / ".hydra").mkdir(parents=True)
+        (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"fusion.method={method}", f"seed={seed}"]))
+        row = {"n": 10, "accuracy": accuracy, "balanced_accuracy": accuracy, "macro_f1": accuracy / 2}
+        (run / "results.json").write_text(json.dumps({"fused": row}))
+    broken = tmp_path / "9" / ".hydra"
+    broken.mkdir(parents=True)
+    (broken / "overrides.yaml").write_text(yaml.safe_dump(["fusion.method=mlp", "seed=1"]))
+    runs = collect_runs(tmp_path)
+    assert (runs["status"] != "ok").sum() == 1
+    summary = summarise(runs).set_index("fusion.method")
+    assert summary.loc["weighted", "accuracy_mean"] == pytest.approx(0.7)
+    assert summary.loc["weighted", "accuracy_std"] == pytest.approx(np.std([0.6, 0.8], ddof=1))
+    assert summary.loc["logreg", "macro_f1_mean"] == pytest.approx(0.3)
+    assert int(summary.loc["logreg", "accuracy_count"]) == 2
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "summarize_sweep.py"), str(tmp_path)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "0.700 ± 0.141" in result.stdout and "1 run(s) failed" in result.stdout
