@@ -27,7 +27,7 @@ def load_cover_model(checkpoint_path: str | Path) -> tuple[nn.Module, list[str],
         raise ValueError(f"{checkpoint_path} is not a cover-model checkpoint")
     labels = list(record["labels"])
     frozen = spec["mode"] == "frozen"
-    model = create_model(spec["backbone"], len(labels), pretrained=frozen or False,
+    model = create_model(spec["backbone"], len(labels), pretrained=frozen,
                          weights_path=spec.get("weights_path"), dropout=spec.get("dropout", 0.5))
     if frozen:
         model.head.load_state_dict(record["model_state"])

@@ -98,6 +98,10 @@ def train_covers(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     mode = branch.mode
     if mode not in MODES:
         raise ValueError(f"covers.mode must be one of {MODES}, got {mode!r}")
+    augment_table = OmegaConf.to_container(branch.augment, resolve=True) if branch.get("augment") else None
+    if augment_table and mode != "finetune":
+        raise ValueError("covers.augment changes pixels, so it needs covers.mode=finetune "
+                         f"(mode {mode} trains on inputs computed once)")
     model_cfg = OmegaConf.to_container(branch.model, resolve=True)
     prepared = prepare_from_config(cfg, branch.data, run_dir)
     labels = prepared.labels
@@ -118,7 +122,8 @@ def train_covers(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         log.warning("%d covers could not be used (listed in %s)", len(kept.problems), run_dir / "cover_problems.csv")
     parts = _split_arrays(kept.items, x)
     (train_items, x_train), (val_items, x_val), (test_items, x_test) = parts["train"], parts["val"], parts["test"]
-    card = {"branch": "covers", "mode": mode, "model": model_cfg, "data": branch.data.name, **prepared.describe(),
+    card = {"branch": "covers", "mode": mode, "model": model_cfg, "experiment": cfg.get("experiment_name"),
+            "data": branch.data.name, **prepared.describe(),
             "split_name": prepared.split_path.stem, "cover_problems": len(kept.problems),
             "skipped_covers": kept.problems.to_dict(orient="records")[:50],
             "config": OmegaConf.to_container(branch, resolve=True)}
@@ -127,7 +132,6 @@ def train_covers(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
     if mode in ("logreg_probe", "random_forest"):
         estimator = _estimator(mode, seed, branch)
-        card["experiment"] = cfg.get("experiment_name")
         metrics, _ = evaluate_estimator(estimator, x_train, train_items["y"].to_numpy(), x_test,
                                         test_items["y"].to_numpy(), labels, run_dir, title, card, seed=seed)
         held = pd.concat([val_items, test_items], ignore_index=True)
@@ -142,11 +146,7 @@ def train_covers(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         title += " · class weights 1/precision"
     config = trainer_config(cfg, override, train_targets=train_items["y"], n_classes=len(labels))
     seed_everything(config.seed)
-    augment_table = OmegaConf.to_container(branch.augment, resolve=True) if branch.get("augment") else None
     if mode == "frozen":
-        if augment_table:
-            raise ValueError("covers.augment changes pixels, so it needs covers.mode=finetune "
-                             "(frozen mode trains on embeddings computed once)")
         model: nn.Module = nn.Sequential(nn.Dropout(model_cfg.get("dropout", 0.5)), nn.Linear(x.shape[1], len(labels)))
         datasets = [TensorDataset(torch.from_numpy(a), torch.tensor(i["y"].to_numpy(np.int64)))
                     for i, a in ((train_items, x_train), (val_items, x_val), (test_items, x_test))]

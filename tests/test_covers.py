@@ -162,3 +162,30 @@ def test_grad_cam_maps_and_probabilities_match_the_model():
                                 "item_id": ["x", "y", "z"]})
     typical = most_typical(predictions, ["a", "b"], per_class=1)
     assert list(typical["item_id"]) == ["y", "z"]
+
+
+def test_class_specific_augmentation_table():
+    from covers.augment import build_class_augment
+
+    transforms = build_class_augment({"rap": ["hflip", "crop", "colour_jitter"]}, ["rap", "pop"], size=32)
+    assert transforms[1] is None
+    image = torch.randint(0, 255, (3, 32, 32), dtype=torch.uint8)
+    out = transforms[0](image)
+    assert out.shape == image.shape and out.dtype == torch.uint8
+    with pytest.raises(ValueError, match="unknown transform"):
+        build_class_augment({"rap": ["mirror"]}, ["rap"], 32)
+    with pytest.raises(ValueError, match="outside the label set"):
+        build_class_augment({"jazz": ["hflip"]}, ["rap"], 32)
+
+
+def test_m4_weights_are_inverse_validation_precision(tmp_path):
+    from covers.train import precision_class_weights
+
+    # val: rap predicted 4× (3 right) → 0.75; pop predicted 2× (1 right) → 0.5; test rows ignored.
+    table = pd.DataFrame({"split": ["val"] * 6 + ["test"] * 2,
+                          "label": ["rap", "rap", "rap", "pop", "pop", "rap", "pop", "pop"],
+                          "predicted": ["rap", "rap", "rap", "rap", "pop", "pop", "rap", "rap"]})
+    table.to_csv(tmp_path / "predictions.csv", index=False)
+    weights = precision_class_weights(tmp_path / "predictions.csv", ["rap", "pop"])
+    raw = np.array([1 / 0.75, 1 / 0.5])
+    np.testing.assert_allclose(weights, raw / raw.mean())

@@ -127,3 +127,21 @@ def test_sweep_summary_aggregates_a_fake_sweep(tmp_path):
     result = subprocess.run([sys.executable, str(ROOT / "scripts" / "summarize_sweep.py"), str(tmp_path)],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "0.700 ± 0.141" in result.stdout and "1 run(s) failed" in result.stdout
+
+
+def test_compare_runs_reports_paired_difference_on_common_items(tmp_path):
+    a = _branch_outputs("x", {"test": 30}, 0, 3.0)
+    b = a.copy()
+    b["predicted"] = "rap"  # a constant guesser: right on one third
+    for name, table in (("a", a), ("b", b.iloc[5:])):
+        (tmp_path / name).mkdir()
+        table.to_csv(tmp_path / name / "predictions.csv", index=False)
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "compare_runs.py"), str(tmp_path / "a"),
+                             str(tmp_path / "b"), "--out", str(tmp_path / "cmp.json")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "cmp.json").read_text())
+    common = a.iloc[5:]
+    expected = (common["predicted"] == common["label"]).mean() - (common["label"] == "rap").mean()
+    assert report["n_common_test_items"] == 85
+    assert report["first_minus_other"][str(tmp_path / "b")]["difference"]["difference"] == pytest.approx(expected)

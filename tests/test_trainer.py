@@ -96,3 +96,15 @@ def test_class_weights_and_label_smoothing_change_training(tmp_path):
 def test_bad_trainer_config(bad):
     with pytest.raises(ValueError):
         _config(**bad)
+
+
+def test_balanced_class_weights_from_config():
+    from omegaconf import OmegaConf
+
+    from engine.config import trainer_config
+
+    cfg = OmegaConf.create({"trainer": {"lr": 0.1, "class_weights": None}})
+    config = trainer_config(cfg, {"class_weights": "balanced"}, train_targets=[0, 0, 0, 1], n_classes=3)
+    assert config.class_weights == pytest.approx([4 / 9, 4 / 3, 0.0])
+    with pytest.raises(ValueError, match="class_weights"):
+        trainer_config(cfg, {"class_weights": "inverse"}, train_targets=[0], n_classes=1)
