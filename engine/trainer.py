@@ -115,26 +115,34 @@ def _loader(dataset: Dataset, config: TrainerConfig, shuffle: bool, epoch: int =
 
 
 def _run_epoch(model, loader, criterion, device, config, optimizer=None, desc="") -> tuple[float, float]:
+    """One pass; the loss is the (class-weighted) mean over the whole epoch.
+
+    ``criterion`` sums over a batch; each batch is normalised by its total target weight, as
+    ``CrossEntropyLoss(weight=…)`` does, and a batch whose classes all weigh 0 (a class absent
+    from training) contributes nothing instead of 0/0.
+    """
     training = optimizer is not None
     model.train(training)
-    total_loss, correct, seen = 0.0, 0, 0
+    total_loss, total_weight, correct, seen = 0.0, 0.0, 0, 0
     batches = tqdm(loader, desc=desc, leave=False, disable=not config.progress)
     with torch.set_grad_enabled(training):
         for inputs, targets in batches:
             inputs, targets = _to_device(inputs, device), targets.to(device)
             with _autocast(device, config.amp):
                 logits = model(inputs)
-            loss = criterion(logits.float(), targets)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"{desc}: loss became {loss.item()}; lower trainer.lr or check inputs")
-            if training:
+            loss_sum = criterion(logits.float(), targets)
+            weight = criterion.weight[targets].sum().item() if criterion.weight is not None else float(len(targets))
+            if not torch.isfinite(loss_sum):
+                raise FloatingPointError(f"{desc}: loss became {loss_sum.item()}; lower trainer.lr or check inputs")
+            if training and weight > 0:
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                (loss_sum / weight).backward()
                 optimizer.step()
-            total_loss += loss.item() * len(targets)
+            total_loss += loss_sum.item()
+            total_weight += weight
             correct += (logits.argmax(1) == targets).sum().item()
             seen += len(targets)
-    return total_loss / max(seen, 1), correct / max(seen, 1)
+    return total_loss / max(total_weight, 1e-12), correct / max(seen, 1)
 
 
 def _build_optimizer(model: nn.Module, config: TrainerConfig) -> torch.optim.Optimizer:
@@ -166,7 +174,7 @@ def fit(
     device = resolve_device(config.device)
     model.to(device)
     weights = torch.tensor(config.class_weights, dtype=torch.float32, device=device) if config.class_weights else None
-    criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=config.label_smoothing)
+    criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=config.label_smoothing, reduction="sum")
     optimizer = _build_optimizer(model, config)
     scheduler = (
         torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.max_epochs)

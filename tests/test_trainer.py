@@ -108,3 +108,16 @@ def test_balanced_class_weights_from_config():
     assert config.class_weights == pytest.approx([4 / 9, 4 / 3, 0.0])
     with pytest.raises(ValueError, match="class_weights"):
         trainer_config(cfg, {"class_weights": "inverse"}, train_targets=[0], n_classes=1)
+
+
+def test_class_absent_from_training_does_not_break_validation(tmp_path):
+    # Class 2 never occurs in training (weight 0) but fills validation batches on its own.
+    torch.manual_seed(0)
+    x = torch.randn(40, 4)
+    train = TensorDataset(x[:30], torch.tensor([0, 1] * 15))
+    val = TensorDataset(x[30:], torch.tensor([2] * 8 + [0, 1]))
+    weights = balanced_class_weights([0, 1] * 15, 3)
+    assert weights[2] == 0.0
+    config = TrainerConfig(lr=0.01, max_epochs=2, batch_size=8, progress=False, class_weights=weights)
+    result = fit(nn.Linear(4, 3), train, val, config, tmp_path)
+    assert np.isfinite(result.history["val_loss"]).all() and np.isfinite(result.history["train_loss"]).all()
