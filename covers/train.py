@@ -87,6 +87,18 @@ def precision_class_weights(predictions_csv: str | Path, labels: list[str]) -> l
     return (weights / weights.mean()).tolist()
 
 
+def resolve_mode(mode: str) -> str:
+    """``auto``: full fine-tuning where a GPU is available, the frozen-embedding mode on a CPU."""
+    if mode == "auto":
+        return "finetune" if torch.cuda.is_available() else "frozen"
+    return mode
+
+
+def display_name(branch: DictConfig) -> str:
+    """``<backbone>_<mode>`` with ``auto`` resolved, for tables."""
+    return f"{branch.model.backbone}_{resolve_mode(branch.mode)}"
+
+
 def _split_arrays(items: pd.DataFrame, x: np.ndarray) -> dict[str, tuple[pd.DataFrame, np.ndarray]]:
     return {p: (items[items["split"] == p].reset_index(drop=True), x[(items["split"] == p).to_numpy()])
             for p in ("train", "val", "test")}
@@ -95,9 +107,9 @@ def _split_arrays(items: pd.DataFrame, x: np.ndarray) -> dict[str, tuple[pd.Data
 def train_covers(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Fit ``cfg.covers`` on the train part (early stop on val), report on test, write ``predictions.csv``."""
     branch = cfg.covers
-    mode = branch.mode
+    mode = resolve_mode(branch.mode)
     if mode not in MODES:
-        raise ValueError(f"covers.mode must be one of {MODES}, got {mode!r}")
+        raise ValueError(f"covers.mode must be auto or one of {MODES}, got {mode!r}")
     augment_table = OmegaConf.to_container(branch.augment, resolve=True) if branch.get("augment") else None
     if augment_table and mode != "finetune":
         raise ValueError("covers.augment changes pixels, so it needs covers.mode=finetune "

@@ -21,7 +21,7 @@ log = logging.getLogger("genrefusion")
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     from audio.train import train_audio
-    from covers.train import train_covers
+    from covers.train import display_name, train_covers
     from engine.summary import print_results
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -34,11 +34,11 @@ def main(cfg: DictConfig) -> float:
     if "audio" in cfg.branches:
         rows[f"audio-only ({cfg.audio.name})"] = train_audio(cfg, run_dir / "audio")
     if "covers" in cfg.branches:
-        rows[f"covers-only ({cfg.covers.name})"] = train_covers(cfg, run_dir / "covers")
+        rows[f"covers-only ({display_name(cfg.covers)})"] = train_covers(cfg, run_dir / "covers")
     if "fusion" in cfg.branches:
         from fusion.run import run_fusion
 
-        names = (f"image-only ({cfg.covers.name})", f"audio-only ({cfg.audio.name})")
+        names = (f"image-only ({display_name(cfg.covers)})", f"audio-only ({cfg.audio.name})")
         rows = run_fusion(cfg, run_dir / "fusion", run_dir / "covers", run_dir / "audio", names=names)
     print_results(rows, run_dir)
     return list(rows.values())[-1]["accuracy"]  # the fused row when fusion ran (multirun objective)
