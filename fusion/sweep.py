@@ -35,7 +35,9 @@ def collect_runs(sweep_dir: str | Path) -> pd.DataFrame:
 def summarise(runs: pd.DataFrame, over: str = "seed") -> pd.DataFrame:
     """Mean, std and count of each metric per (overrides except ``over``, result row)."""
     ok = runs[runs["status"] == "ok"]
-    keys = [c for c in ok.columns if c not in {"run", "status", over, *METRICS}]
+    # Overrides equal in every run (e.g. trainer.progress) only clutter the table.
+    keys = [c for c in ok.columns if c not in {"run", "status", over, *METRICS}
+            and (c == "row" or ok[c].nunique(dropna=False) > 1)]
     grouped = ok.groupby(keys, dropna=False)[list(METRICS)]
     table = grouped.agg(["mean", "std", "count"])
     table.columns = [f"{metric}_{stat}" for metric, stat in table.columns]
