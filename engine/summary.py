@@ -17,11 +17,13 @@ def results_table(rows: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def print_results(rows: dict[str, dict[str, Any]], run_dir: Path) -> None:
+def print_results(rows: dict[str, dict[str, Any]], run_dir: Path, figures: list[Path] | None = None) -> None:
     """Print the table and write it as ``results.md`` and ``results.json`` (what sweep summaries read)."""
     table = results_table(rows)
     (run_dir / "results.md").write_text(table + "\n")
     write_json(run_dir / "results.json", {name: {k: m.get(k) for k in ("n", "accuracy", "balanced_accuracy",
                                                                        "macro_f1", "ci95", "pairing")}
                                           for name, m in rows.items()})
-    print("\n" + table + "\n\n(95% bootstrap intervals in brackets)\nRun folder: " + str(run_dir))
+    listed = "".join(f"\n  {path}" for path in figures or [])
+    print("\n" + table + "\n\n(95% bootstrap intervals in brackets)" + (f"\nFigures:{listed}" if listed else "")
+          + "\nRun folder: " + str(run_dir))

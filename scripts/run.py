@@ -40,7 +40,7 @@ def main(cfg: DictConfig) -> float:
 
         names = (f"image-only ({display_name(cfg.covers)})", f"audio-only ({cfg.audio.name})")
         rows = run_fusion(cfg, run_dir / "fusion", run_dir / "covers", run_dir / "audio", names=names)
-    print_results(rows, run_dir)
+    print_results(rows, run_dir, figures=sorted(run_dir.glob("*/confusion*.png")))
     return list(rows.values())[-1]["accuracy"]  # the fused row when fusion ran (multirun objective)
 
 

@@ -14,7 +14,8 @@ def _run_main(tmp_path, *overrides, timeout=600):
                             capture_output=True, text=True, timeout=timeout, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Run folder:" in result.stdout
-    return result.stdout, Path(result.stdout.strip().splitlines()[-1].split("Run folder: ")[1])
+    run_line = next(line for line in result.stdout.splitlines() if line.startswith("Run folder: "))
+    return result.stdout, Path(run_line.split("Run folder: ")[1])
 
 
 def test_audio_branch_writes_a_complete_run_folder(tmp_path):
@@ -48,6 +49,7 @@ def test_main_job_prints_image_audio_and_fused_rows(tmp_path, covers_loaded):
                 "audio-only (feature_mlp) · pairing: synthetic", "fused (weighted) · pairing: synthetic"):
         assert row in stdout
     assert (run_dir / "fusion" / "confusions_pairing-synthetic.png").is_file()
+    assert str(run_dir / "fusion" / "confusions_pairing-synthetic.png") in stdout
     results = json.loads((run_dir / "results.json").read_text())
     assert len({m["n"] for m in results.values()}) == 1  # the three rows share their test items
     for branch in ("audio", "covers"):
