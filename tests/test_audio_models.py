@@ -1,7 +1,6 @@
 import numpy as np
 import pandas as pd
 import pytest
-import soundfile as sf
 import torch
 
 from audio.extract import MEL_FRAMES, extract_log_mels

@@ -116,7 +116,6 @@ def test_checkpoint_evaluation_reproduces_training_metrics(covers_loaded, bad_co
     items = covers_loaded.items
     picked = pd.concat([items[(items["source"] == "discogs") & (items["label"] == g)].head(24)
                         for g in ("hiphop", "country", "pop")])
-    data_root = covers_loaded.items["cover_path"].iloc[0].split("/covers/")[0]
     table = pd.DataFrame({"path": [str(Path(p)) for p in picked["cover_path"]], "source": "discogs",
                           "genre": picked["label"], "md5": picked["md5"]})
     bad = pd.DataFrame({"path": [str(bad_covers / "truncated.jpg"), str(bad_covers / "text.jpg")],
