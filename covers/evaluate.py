@@ -8,7 +8,8 @@ import pandas as pd
 from torch import nn
 
 from covers.backbones import create_model
-from covers.train import CoverImages, decode_covers
+from covers.inputs import decode_covers
+from covers.train import CoverImages
 from data.covers import load_covers_table
 from data.labels import apply_label_set
 from engine.report import evaluate_predictions, write_report
@@ -51,8 +52,9 @@ def evaluate_cover_model(checkpoint_path: str | Path, covers_csv: str | Path, ou
     if items.empty:
         raise ValueError(f"{covers_csv} has no covers of the model's classes {labels}")
     items["y"] = items["label"].map({label: i for i, label in enumerate(labels)})
-    kept, images, problems = decode_covers(items, model.info.input_size, progress)
-    problems = pd.concat([loaded.problems, problems], ignore_index=True)
+    decoded, images = decode_covers(items, model.info.input_size, progress=progress)
+    kept = decoded.items
+    problems = pd.concat([loaded.problems, decoded.problems], ignore_index=True)
     problems.to_csv(out_dir / "cover_problems.csv", index=False)
     proba = predict_proba(model, CoverImages(images, kept["y"].to_numpy(), model.info), device=device)
     metrics = evaluate_predictions(kept["y"].to_numpy(), proba.argmax(1), labels)

@@ -80,6 +80,13 @@ def _per_cover(items: pd.DataFrame, namespace: str, params: dict, cache_dir: str
     return LoadResult(items.loc[keep].reset_index(drop=True), problems_frame(problems)), array
 
 
+def decode_covers(items: pd.DataFrame, size: int, cache_dir: str | Path | None = None,
+                  progress: bool = True) -> tuple[LoadResult, np.ndarray]:
+    """The covers themselves, decoded and resized: ``uint8 (n_kept, size, size, 3)`` (fine-tuning input)."""
+    return _per_cover(items, "cover_pixels", {"size": size}, cache_dir, size, lambda images: images, 64,
+                      "decode covers", progress)
+
+
 def backbone_embeddings(items: pd.DataFrame, backbone: str, cache_dir: str | Path | None = None,
                         weights_path: str | None = None, batch_size: int = 64, device: str = "auto",
                         progress: bool = True) -> tuple[LoadResult, np.ndarray]:

@@ -22,9 +22,7 @@ from torch.utils.data import Dataset, TensorDataset
 
 from covers.augment import build_class_augment
 from covers.backbones import create_model
-from covers.images import CoverError, load_cover
-from covers.inputs import backbone_embeddings, normalise, random_forest_features
-from data.items import LoadResult, problems_frame
+from covers.inputs import backbone_embeddings, decode_covers, normalise, random_forest_features
 from engine.branch import prepare_from_config, write_branch_outputs
 from engine.config import trainer_config
 from engine.run import evaluate_estimator, train_evaluate
@@ -50,21 +48,6 @@ class CoverImages(Dataset):
             image = transform(image)
         x = normalise(image.permute(1, 2, 0).numpy()[None], self.info)[0]
         return x, int(self.y[index])
-
-
-def decode_covers(items: pd.DataFrame, size: int, progress: bool = False) -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame]:
-    """Decode every cover once: ``(kept items, uint8 (n, size, size, 3), problems)``."""
-    from tqdm.auto import tqdm
-
-    keep, images, problems = [], [], []
-    for row, item in tqdm(enumerate(items.itertuples()), total=len(items), desc="decode covers", disable=not progress):
-        try:
-            images.append(load_cover(item.cover_path, size))
-            keep.append(row)
-        except CoverError as error:
-            problems.append({"where": item.cover_path, "item_id": item.item_id, "reason": str(error)})
-    array = np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)
-    return items.iloc[keep].reset_index(drop=True), array, problems_frame(problems)
 
 
 def precision_class_weights(predictions_csv: str | Path, labels: list[str]) -> list[float]:
@@ -127,8 +110,7 @@ def train_covers(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         # Built before decoding, so absent pretrained weights fail at once, not after minutes of work.
         finetuned = create_model(model_cfg["backbone"], len(labels), pretrained=model_cfg.get("pretrained", True),
                                  weights_path=model_cfg.get("weights_path"), dropout=model_cfg.get("dropout", 0.5))
-        items, x, problems = decode_covers(prepared.items, finetuned.info.input_size, progress)
-        kept = LoadResult(items, problems)
+        kept, x = decode_covers(prepared.items, finetuned.info.input_size, progress=progress)
     if len(kept.problems):
         kept.problems.to_csv(run_dir / "cover_problems.csv", index=False)
         log.warning("%d covers could not be used (listed in %s)", len(kept.problems), run_dir / "cover_problems.csv")
