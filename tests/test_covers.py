@@ -38,6 +38,26 @@ def test_pretrained_lite_weights_are_loaded_not_random():
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "efficientnet_lite2"])
+def test_lite_embeddings_with_their_normalisation_recognise_photos(name, tmp_path):
+    """Pooled features + the checkpoint's own ImageNet classifier name scikit-image's sample photos."""
+    from skimage import data
+
+    from covers.backbones import _load_state
+    from covers.inputs import normalise
+
+    backbone, info = create_backbone(name, pretrained=True)
+    state = _load_state(info.weights)
+    backbone.eval()
+    photos = {"chelsea": {281, 282, 285}, "coffee": {967, 968, 504}}  # tabby/tiger/Egyptian cat; espresso/cup/mug
+    for photo, classes in photos.items():
+        Image.fromarray(getattr(data, photo)()).save(tmp_path / f"{photo}.png")
+        image = load_cover(tmp_path / f"{photo}.png", info.input_size)
+        with torch.no_grad():
+            logits = backbone(normalise(image[None], info)) @ state["_fc.weight"].T + state["_fc.bias"]
+        assert int(logits.argmax()) in classes, photo
+
+
 def test_missing_resnet50_weights_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     with pytest.raises(MissingWeightsError, match="weights_path"):

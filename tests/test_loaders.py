@@ -6,7 +6,6 @@ import pytest
 from data.covers import duplicate_report, load_covers_table
 from data.gtzan import FEATURE_COLUMNS, load_gtzan_audio, load_gtzan_features, load_predefined_split
 from data.items import ITEM_COLUMNS
-from data.musicoset import load_musicoset_tables
 
 
 def test_shared_covers_table(covers_loaded):
@@ -95,8 +94,3 @@ def test_gtzan_audio_and_fault_filtered_split(data_root):
     split = load_predefined_split(data_root / "gtzan" / "splits" / "fault_filtered")
     assert split["split"].value_counts().to_dict() == {"train": 443, "test": 290, "val": 197}
 
-
-def test_musicoset_tables(data_root):
-    tables, problems = load_musicoset_tables(data_root / "musicoset")
-    assert len(tables["artists"]) == 11518 and "genres" in tables["artists"].columns
-    assert len(tables["songs"]) == 20405 and len(problems) == 0
