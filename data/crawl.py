@@ -1,0 +1,374 @@
+"""Fetch album covers (Spotify, by album id) and 30-second previews (Spotify, else Deezer search).
+
+Spotify is reached through spotipy with client credentials read from the environment
+(``SPOTIPY_CLIENT_ID`` / ``SPOTIPY_CLIENT_SECRET``); they are never put in a config, a status
+row or a log line, and the token stays in memory. Deezer is reached through deezer-python.
+
+Robustness, per request: HTTP 429 waits for ``Retry-After`` (capped), 5xx, time-outs, dropped
+connections and truncated or unparsable bodies back off exponentially and retry. Per item:
+each file is written under a temporary name, checked to decode (the cover as an image, the
+preview as audio) and then renamed into place; a status row is appended to ``crawl_status.csv``
+at once, so an interrupted crawl resumes where it stopped and a second run downloads nothing
+already done. Items that cannot exist (unknown album, no preview anywhere) are ``unavailable``
+and not asked again; items that failed after all retries are ``failed`` and retried next run.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pandas as pd
+import requests
+from tqdm.auto import tqdm
+
+log = logging.getLogger(__name__)
+# spotipy logs request headers (the bearer token) at DEBUG: keep its records above that.
+logging.getLogger("spotipy").setLevel(logging.INFO)
+
+T = TypeVar("T")
+STATUS_COLUMNS = ["item_id", "kind", "status", "source", "path", "bytes", "detail", "time"]
+CREDENTIAL_VARIABLES = ("SPOTIPY_CLIENT_ID", "SPOTIPY_CLIENT_SECRET")
+
+
+class Unavailable(Exception):
+    """The thing asked for does not exist at the source (unknown id, no preview): do not ask again."""
+
+
+class RetriesExhausted(Exception):
+    """A request kept failing in a transient way (429, 5xx, time-out, truncated body)."""
+
+
+@dataclass(frozen=True)
+class CrawlSettings:
+    """Endpoints and politeness. The defaults are the public services; tests point them at 127.0.0.1."""
+
+    spotify_api: str = "https://api.spotify.com/v1/"
+    spotify_token_url: str = "https://accounts.spotify.com/api/token"
+    deezer_api: str = "https://api.deezer.com"
+    timeout_s: float = 10.0
+    max_attempts: int = 6
+    backoff_s: float = 1.0
+    backoff_max_s: float = 60.0
+    #: A Retry-After longer than this is obeyed up to this long, then counted as one failed attempt.
+    retry_after_max_s: float = 120.0
+    #: Least time between two requests to the same service.
+    min_interval_s: float = 0.1
+    deezer_fallback: bool = True
+
+
+class Retrier:
+    """Runs a call, retrying transient failures; also spaces calls ``min_interval_s`` apart."""
+
+    def __init__(self, settings: CrawlSettings, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.settings, self.sleep, self._last = settings, sleep, 0.0
+
+    def __call__(self, call: Callable[[], T], what: str) -> T:
+        settings = self.settings
+        last_error = ""
+        for attempt in range(settings.max_attempts):
+            wait = settings.min_interval_s - (time.monotonic() - self._last)
+            if wait > 0:
+                self.sleep(wait)
+            self._last = time.monotonic()
+            try:
+                return call()
+            except Unavailable:
+                raise
+            except Exception as error:  # noqa: BLE001 — classified just below; unknown kinds re-raise
+                delay = _transient_delay(error, attempt, settings)
+                if delay is None:
+                    raise
+                last_error = f"{type(error).__name__}: {str(error)[:200]}"
+                log.info("%s: attempt %d failed (%s); retrying in %.1fs", what, attempt + 1, last_error, delay)
+                self.sleep(delay)
+        raise RetriesExhausted(f"{what}: {settings.max_attempts} attempts failed; last: {last_error}")
+
+
+def _transient_delay(error: Exception, attempt: int, settings: CrawlSettings) -> float | None:
+    """Seconds to wait before retrying ``error``, or ``None`` when it is not transient."""
+    import httpx
+    from deezer.exceptions import DeezerErrorResponse, DeezerHTTPError
+    from spotipy.exceptions import SpotifyException
+    from spotipy.oauth2 import SpotifyOauthError
+
+    backoff = min(settings.backoff_max_s, settings.backoff_s * 2 ** attempt)
+    status, headers = None, {}
+    if isinstance(error, SpotifyException):
+        status, headers = error.http_status, error.headers or {}
+    elif isinstance(error, DeezerHTTPError) and isinstance(error.__cause__, httpx.HTTPStatusError):
+        status, headers = error.__cause__.response.status_code, error.__cause__.response.headers
+    elif isinstance(error, requests.HTTPError) and error.response is not None:
+        status, headers = error.response.status_code, error.response.headers
+    elif isinstance(error, DeezerErrorResponse):
+        code = (error.json_data.get("error") or {}).get("code")
+        return backoff if code == 4 else None  # 4: Deezer's "quota exceeded"
+    elif isinstance(error, (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
+                            httpx.TransportError, json.JSONDecodeError, TruncatedResponse, SpotifyOauthError)):
+        return backoff
+    if status == 429:
+        retry_after = headers.get("Retry-After") or headers.get("retry-after")
+        try:
+            return min(max(float(retry_after), 0.0), settings.retry_after_max_s)
+        except (TypeError, ValueError):
+            return backoff
+    if status is not None and status >= 500:
+        return backoff
+    return None
+
+
+class TruncatedResponse(Exception):
+    """A body ended before its Content-Length, or an API answered with nothing parsable."""
+
+
+def _credentials() -> tuple[str, str]:
+    missing = [name for name in CREDENTIAL_VARIABLES if not os.environ.get(name)]
+    if missing:
+        raise RuntimeError(f"Spotify client credentials are read from the environment; set {' and '.join(missing)} "
+                           "(https://developer.spotify.com/dashboard). They are never written to logs or configs.")
+    return os.environ["SPOTIPY_CLIENT_ID"], os.environ["SPOTIPY_CLIENT_SECRET"]
+
+
+class SpotifySource:
+    """Album cover URLs and track preview URLs through spotipy (client-credentials flow)."""
+
+    def __init__(self, settings: CrawlSettings, session: requests.Session, retry: Retrier) -> None:
+        import spotipy
+        from spotipy.cache_handler import MemoryCacheHandler
+        from spotipy.oauth2 import SpotifyClientCredentials
+
+        client_id, client_secret = _credentials()
+        auth = SpotifyClientCredentials(client_id, client_secret, requests_session=session,
+                                        cache_handler=MemoryCacheHandler(), requests_timeout=settings.timeout_s)
+        auth.OAUTH_TOKEN_URL = settings.spotify_token_url
+        # A plain session: no urllib3 retry layer, so 429/5xx reach the Retrier with their headers.
+        self.client = spotipy.Spotify(auth_manager=auth, requests_session=session, requests_timeout=settings.timeout_s,
+                                      retries=0, status_retries=0)
+        self.client.prefix = settings.spotify_api
+        self.retry = retry
+
+    def _json(self, call: Callable[[], Any], what: str) -> Any:
+        def checked() -> Any:
+            result = call()
+            if result is None:  # spotipy turns an unparsable body into None
+                raise TruncatedResponse("empty or unparsable JSON")
+            return result
+        return self.retry(checked, what)
+
+    def cover_urls(self, album_ids: list[str]) -> dict[str, str | None]:
+        """``album_id → largest cover URL`` (``None``: the album is unknown or has no image); ≤ 20 ids a call."""
+        found: dict[str, str | None] = {}
+        for start in range(0, len(album_ids), 20):
+            batch = album_ids[start:start + 20]
+            albums = self._json(lambda: self.client.albums(batch), f"spotify albums {batch[0]}…")["albums"]
+            for album_id, album in zip(batch, albums):
+                images = sorted((album or {}).get("images") or [], key=lambda i: -(i.get("width") or 0))
+                found[album_id] = images[0]["url"] if images else None
+        return found
+
+    def preview_urls(self, track_ids: list[str]) -> dict[str, str | None]:
+        """``track_id → preview_url`` (``None`` when Spotify gives none, as for apps made after Nov 2024)."""
+        found: dict[str, str | None] = {}
+        for start in range(0, len(track_ids), 50):
+            batch = track_ids[start:start + 50]
+            tracks = self._json(lambda: self.client.tracks(batch), f"spotify tracks {batch[0]}…")["tracks"]
+            for track_id, track in zip(batch, tracks):
+                found[track_id] = (track or {}).get("preview_url")
+        return found
+
+
+class DeezerSource:
+    """Preview URL by artist + title through deezer-python's search."""
+
+    def __init__(self, settings: CrawlSettings, retry: Retrier) -> None:
+        import deezer
+        import httpx
+
+        self.client = deezer.Client()
+        self.client.base_url = settings.deezer_api
+        self.client.timeout = httpx.Timeout(settings.timeout_s)
+        self.retry = retry
+
+    def preview_url(self, artist: str, title: str) -> str | None:
+        def search() -> str | None:
+            for track in self.client.search(artist=artist, track=title)[:5]:
+                if getattr(track, "preview", ""):
+                    return track.preview
+            return None
+        return self.retry(search, f"deezer search {artist} – {title}")
+
+
+def download(session: requests.Session, url: str, target: Path, verify: Callable[[Path], None],
+             retry: Retrier, timeout_s: float) -> int:
+    """Fetch ``url`` into ``target`` atomically (temporary name, check, rename); returns bytes written.
+
+    ``verify(path)`` must raise when the file does not decode; 404/410 are :class:`Unavailable`.
+    """
+    temporary = target.with_name(f".{target.name}.part-{os.getpid()}")
+
+    def fetch() -> int:
+        with session.get(url, timeout=timeout_s, stream=True) as response:
+            if response.status_code in (404, 410):
+                raise Unavailable(f"{url}: HTTP {response.status_code}")
+            response.raise_for_status()
+            expected = response.headers.get("Content-Length")
+            written = 0
+            with temporary.open("wb") as handle:
+                for chunk in response.iter_content(1 << 16):
+                    handle.write(chunk)
+                    written += len(chunk)
+        if expected is not None and written != int(expected):
+            raise TruncatedResponse(f"{written} of {expected} bytes")
+        return written
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        size = retry(fetch, f"download {url}")
+        verify(temporary)
+        os.replace(temporary, target)
+        return size
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def verify_cover(path: Path) -> None:
+    from covers.images import load_cover
+
+    load_cover(path, 32)
+
+
+def verify_audio(path: Path) -> None:
+    from audio.io import read_audio
+
+    read_audio(path)
+
+
+class StatusTable:
+    """``crawl_status.csv``: one row appended per finished item (flushed at once); the last row per item wins."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.latest: dict[tuple[str, str], dict] = {}
+        if path.is_file() and path.stat().st_size:
+            for row in pd.read_csv(path, dtype=str, keep_default_na=False).to_dict(orient="records"):
+                self.latest[(row["item_id"], row["kind"])] = row
+        new = not path.is_file() or not path.stat().st_size
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._handle = path.open("a", newline="")
+        self._writer = csv.DictWriter(self._handle, STATUS_COLUMNS)
+        if new:
+            self._writer.writeheader()
+
+    def done(self, item_id: str, kind: str) -> bool:
+        """Finished for good: ``ok`` with its file still there, or ``unavailable``."""
+        row = self.latest.get((item_id, kind))
+        if row is None:
+            return False
+        return row["status"] == "unavailable" or (row["status"] == "ok" and Path(row["path"]).is_file())
+
+    def record(self, item_id: str, kind: str, status: str, source: str = "", path: str = "", size: int = 0,
+               detail: str = "") -> None:
+        row = {"item_id": item_id, "kind": kind, "status": status, "source": source, "path": path,
+               "bytes": size, "detail": detail[:300], "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        self._writer.writerow(row)
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+        self.latest[(item_id, kind)] = {k: str(v) for k, v in row.items()}
+
+    def close(self) -> None:
+        self._handle.close()
+
+
+def _suffix(url: str, default: str) -> str:
+    suffix = Path(url.split("?")[0]).suffix.lower()
+    return suffix if suffix in {".jpg", ".jpeg", ".png", ".mp3", ".ogg", ".m4a", ".wav"} else default
+
+
+def crawl(items: pd.DataFrame, out_dir: str | Path, kinds: Iterable[str] = ("cover", "preview"),
+          settings: CrawlSettings | None = None, progress: bool = True) -> pd.DataFrame:
+    """Fetch covers and/or previews for the item table from :mod:`data.musicoset` into ``out_dir``.
+
+    Needs ``item_id``, ``album_id`` (covers), ``track_id``, ``track_title``, ``artist_names``
+    (previews); a ``cover_url`` column, where filled, is used instead of asking Spotify. Returns
+    the item table with ``cover_path`` / ``audio_path`` filled for what is on disk, and writes it
+    to ``out_dir/items.csv``.
+    """
+    settings = settings or CrawlSettings()
+    out_dir = Path(out_dir)
+    kinds = list(kinds)
+    items = items.fillna("").astype(str).reset_index(drop=True)
+    status = StatusTable(out_dir / "crawl_status.csv")
+    session = requests.Session()
+    retry = Retrier(settings)
+    spotify = SpotifySource(settings, session, retry)
+    deezer = DeezerSource(settings, Retrier(settings)) if settings.deezer_fallback else None
+    try:
+        if "cover" in kinds:
+            _crawl_covers(items, out_dir, status, spotify, session, retry, settings, progress)
+        if "preview" in kinds:
+            _crawl_previews(items, out_dir, status, spotify, deezer, session, retry, settings, progress)
+    finally:
+        status.close()
+    for kind, column in (("cover", "cover_path"), ("preview", "audio_path")):
+        items[column] = [row["path"] if (row := status.latest.get((i, kind))) and row["status"] == "ok" else ""
+                         for i in items["item_id"]]
+    items.to_csv(out_dir / "items.csv", index=False)
+    return items
+
+
+def _fetch_one(item_id: str, kind: str, url: str | None, source: str, target_stem: Path, verify, status: StatusTable,
+               session: requests.Session, retry: Retrier, settings: CrawlSettings) -> None:
+    if not url:
+        status.record(item_id, kind, "unavailable", source, detail=f"{source} has no {kind} for this item")
+        return
+    target = target_stem.with_suffix(_suffix(url, target_stem.suffix or ".bin"))
+    try:
+        size = download(session, url, target, verify, retry, settings.timeout_s)
+        status.record(item_id, kind, "ok", source, str(target), size)
+    except Unavailable as error:
+        status.record(item_id, kind, "unavailable", source, detail=str(error))
+    except Exception as error:  # noqa: BLE001 — one bad item is recorded, never stops the crawl
+        status.record(item_id, kind, "failed", source, detail=f"{type(error).__name__}: {error}")
+
+
+def _crawl_covers(items, out_dir, status, spotify, session, retry, settings, progress) -> None:
+    todo = items[(items["album_id"] != "") & ~items["item_id"].map(lambda i: status.done(i, "cover"))]
+    ask = todo.loc[todo.get("cover_url", pd.Series("", index=todo.index)) == "", "album_id"].drop_duplicates().tolist()
+    urls: dict[str, str | None] = {}
+    try:
+        urls = spotify.cover_urls(ask) if ask else {}
+    except Exception as error:  # noqa: BLE001 — the lookup failing leaves every item retryable
+        for item_id in todo["item_id"]:
+            status.record(item_id, "cover", "failed", "spotify", detail=f"album lookup: {type(error).__name__}: {error}")
+        return
+    for _, row in tqdm(todo.iterrows(), total=len(todo), desc="covers", disable=not progress):
+        url = row.get("cover_url") or urls.get(row["album_id"])
+        _fetch_one(row["item_id"], "cover", url, "spotify", out_dir / "covers" / f"{row['album_id']}.jpg",
+                   verify_cover, status, session, retry, settings)
+
+
+def _crawl_previews(items, out_dir, status, spotify, deezer, session, retry, settings, progress) -> None:
+    todo = items[(items["track_id"] != "") & ~items["item_id"].map(lambda i: status.done(i, "preview"))]
+    try:
+        spotify_urls = spotify.preview_urls(todo["track_id"].drop_duplicates().tolist()) if len(todo) else {}
+    except Exception as error:  # noqa: BLE001 — fall back to Deezer for every track
+        log.warning("Spotify track lookup failed (%s); using Deezer search only", error)
+        spotify_urls = {}
+    for _, row in tqdm(todo.iterrows(), total=len(todo), desc="previews", disable=not progress):
+        url, source = spotify_urls.get(row["track_id"]), "spotify"
+        if not url and deezer is not None:
+            source = "deezer"
+            try:
+                url = deezer.preview_url(row["artist_names"].split("|")[0], row["track_title"])
+            except Exception as error:  # noqa: BLE001 — recorded, retried next run
+                status.record(row["item_id"], "preview", "failed", source, detail=f"search: {type(error).__name__}: {error}")
+                continue
+        _fetch_one(row["item_id"], "preview", url, source, out_dir / "previews" / f"{row['track_id']}.mp3",
+                   verify_audio, status, session, retry, settings)
