@@ -65,7 +65,8 @@ class AudioInputs:
                            self.problems)
 
     def dataset(self, kinds: tuple[str, ...]) -> Dataset:
-        return _TensorTuples([torch.from_numpy(self.arrays[k]) for k in kinds],
+        # np.require copies only arrays that are read-only (cached inputs can be), which torch cannot wrap.
+        return _TensorTuples([torch.from_numpy(np.require(self.arrays[k], requirements="W")) for k in kinds],
                              torch.tensor(self.items["y"].to_numpy(np.int64)))
 
 

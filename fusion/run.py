@@ -5,6 +5,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import joblib
 import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
@@ -17,6 +18,7 @@ from fusion.heads import create_fusion
 from fusion.pairing import modality_counts, real_pairs, synthetic_pairs
 
 log = logging.getLogger(__name__)
+FUSION_HEAD = "fusion_head.joblib"
 
 
 def read_branch_outputs(run_dir: Path) -> tuple[pd.DataFrame, list[str]]:
@@ -55,7 +57,7 @@ def run_fusion(cfg: DictConfig, run_dir: Path, covers_dir: Path, audio_dir: Path
                names: tuple[str, str] = ("image-only", "audio-only")) -> dict[str, dict[str, Any]]:
     """Fit the fusion head on validation items, compare on test items with both modalities.
 
-    Writes into ``run_dir``: ``pairs.csv``, ``predictions.csv`` (fused, every val/test item),
+    Writes into ``run_dir``: the fitted head (``fusion_head.joblib``, used by batch scoring), ``pairs.csv``, ``predictions.csv`` (fused, every val/test item),
     ``metrics_pairing-<mode>.json``, ``comparison_pairing-<mode>.md`` and
     ``confusions_pairing-<mode>.png`` (the three confusion matrices side by side).
     Returns the three comparison rows (metrics dicts), keyed by printed name.
@@ -78,6 +80,7 @@ def run_fusion(cfg: DictConfig, run_dir: Path, covers_dir: Path, audio_dir: Path
     test_rows = (pairs["split"] == "test").to_numpy()
     head = create_fusion(cfg.fusion.method, seed=seed, weight=cfg.fusion.get("weight"))
     head.fit(p_cover[fit_rows], p_audio[fit_rows], y[fit_rows])  # never sees a test item
+    joblib.dump({"head": head, "labels": labels, "pairing": pairing}, run_dir / FUSION_HEAD)
     fused = head.predict_proba(p_cover, p_audio)
 
     table = pairs.assign(predicted=[labels[i] for i in fused.argmax(1)])

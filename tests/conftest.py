@@ -25,3 +25,27 @@ def gtzan30(data_root):
     from data.gtzan import load_gtzan_features
 
     return load_gtzan_features(data_root / "gtzan" / "features_30_sec.csv")
+
+
+@pytest.fixture(scope="session")
+def main_job_run(tmp_path_factory, covers_loaded) -> tuple[str, Path]:
+    """The default main job (audio + covers + fusion) on a 150-cover subset of the Discogs covers: (stdout, run folder)."""
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    tmp_path = tmp_path_factory.mktemp("main_job")
+    items = covers_loaded.items
+    subset = pd.concat([items[(items["source"] == "discogs") & (items["label"] == g)].head(50)
+                        for g in ("hiphop", "country", "pop")])
+    csv = tmp_path / "covers_subset.csv"
+    pd.DataFrame({"path": subset["cover_path"], "source": "discogs", "genre": subset["label"],
+                  "md5": subset["md5"]}).to_csv(csv, index=False)
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run([sys.executable, str(root / "scripts" / "run.py"), f"paths.root_dir={tmp_path}",
+                             "trainer.progress=false", f"covers.data.loader.csv_path={csv}", "covers.data.name=subset",
+                             "audio.trainer.max_epochs=30"], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_line = next(line for line in result.stdout.splitlines() if line.startswith("Run folder: "))
+    return result.stdout, Path(run_line.split("Run folder: ")[1])

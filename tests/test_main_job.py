@@ -35,16 +35,9 @@ def test_audio_branch_writes_a_complete_run_folder(tmp_path):
     assert card["machine"]["cpu_cores"] and card["metrics"]["ci95"]["accuracy"][0] <= metrics["accuracy"]
 
 
-def test_main_job_prints_image_audio_and_fused_rows(tmp_path, covers_loaded):
+def test_main_job_prints_image_audio_and_fused_rows(main_job_run):
     """The default main job (audio + covers + fusion) on a 150-cover subset of the Discogs covers."""
-    items = covers_loaded.items
-    subset = pd.concat([items[(items["source"] == "discogs") & (items["label"] == g)].head(50)
-                        for g in ("hiphop", "country", "pop")])
-    csv = tmp_path / "covers_subset.csv"
-    pd.DataFrame({"path": subset["cover_path"], "source": "discogs", "genre": subset["label"],
-                  "md5": subset["md5"]}).to_csv(csv, index=False)
-    stdout, run_dir = _run_main(tmp_path, f"covers.data.loader.csv_path={csv}", "covers.data.name=subset",
-                                "audio.trainer.max_epochs=30")
+    stdout, run_dir = main_job_run
     for row in ("image-only (efficientnet_lite0_frozen) · pairing: synthetic",
                 "audio-only (feature_mlp) · pairing: synthetic", "fused (weighted) · pairing: synthetic"):
         assert row in stdout

@@ -1,0 +1,327 @@
+"""Batch scoring of tracks with a trained model folder: covers, audio, or both fused.
+
+Input: a CSV of tracks with any of ``track_id``/``item_id``, ``cover_path``, ``cover_url``,
+``audio_path``, ``audio_url`` (relative paths are relative to the CSV's folder); an optional
+catalogue item table resolves ids that come without files. Output: exactly one row per input
+row, in input order, with ``status`` (``ok``, or why the row could not be scored), the
+modalities used, the predicted genre and every class probability. A modality that fails while
+the other works leaves the row ``ok`` with the failure in ``cover_error``/``audio_error``.
+
+Rows are scored in batches and appended to the output as each batch finishes, so an
+interrupted run resumes after the last written row; ``shard=(i, n)`` scores rows ``r`` with
+``r % n == i`` so that several machines can split one catalogue.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+import pandas as pd
+from torch import nn
+from tqdm.auto import tqdm
+
+from engine.trainer import BEST_CHECKPOINT, load_checkpoint
+
+log = logging.getLogger(__name__)
+ID_COLUMNS = ("track_id", "item_id")
+SOURCE_COLUMNS = ("cover_path", "cover_url", "audio_path", "audio_url")
+
+
+@dataclass
+class TrackScorer:
+    """What a model folder holds: a cover model, an audio checkpoint, and the fusion head when both."""
+
+    labels: list[str]
+    cover_model: nn.Module | None
+    audio_checkpoint: Path | None
+    fusion_head: Any | None
+    model_dir: Path
+
+    @property
+    def modalities(self) -> list[str]:
+        return [name for name, present in (("cover", self.cover_model), ("audio", self.audio_checkpoint)) if present]
+
+
+def load_track_scorer(model_dir: str | Path) -> TrackScorer:
+    """A main-job run folder (``covers/``, ``audio/``, ``fusion/``) or one branch's folder → :class:`TrackScorer`."""
+    from covers.evaluate import load_cover_model
+    from fusion.run import FUSION_HEAD
+
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise FileNotFoundError(f"model folder {model_dir} does not exist")
+    candidates = [model_dir / "covers", model_dir / "audio", model_dir]
+    cover_model = audio_checkpoint = None
+    labels: dict[str, list[str]] = {}
+    for folder in candidates:
+        checkpoint = folder / BEST_CHECKPOINT
+        if not checkpoint.is_file():
+            continue
+        record = load_checkpoint(checkpoint)
+        if "covers_model" in record and cover_model is None:
+            cover_model, labels["cover"], _ = load_cover_model(checkpoint)
+        elif "inputs" in record and audio_checkpoint is None:
+            audio_checkpoint, labels["audio"] = checkpoint, list(record["labels"])
+    if cover_model is None and audio_checkpoint is None:
+        raise FileNotFoundError(f"{model_dir} holds no cover or audio checkpoint ({BEST_CHECKPOINT}) in "
+                                "itself, covers/ or audio/: give a main-job run folder or a branch's folder")
+    if len({tuple(v) for v in labels.values()}) > 1:
+        raise ValueError(f"the branches in {model_dir} were trained on different label sets: {labels}")
+    fusion_head = None
+    if cover_model is not None and audio_checkpoint is not None:
+        head_path = model_dir / "fusion" / FUSION_HEAD
+        if not head_path.is_file():
+            raise FileNotFoundError(f"{head_path} is missing: rerun the main job with this version to save the fitted "
+                                    "fusion head, or score one modality by giving the covers/ or audio/ folder")
+        fusion_head = joblib.load(head_path)["head"]
+    return TrackScorer(next(iter(labels.values())), cover_model, audio_checkpoint, fusion_head, model_dir)
+
+
+def parse_shard(shard: str) -> tuple[int, int]:
+    """``"i/n"`` → ``(i, n)`` with ``0 ≤ i < n``."""
+    try:
+        index, count = (int(part) for part in str(shard).split("/"))
+    except ValueError:
+        raise ValueError(f"shard must look like i/n (e.g. 0/4), got {shard!r}") from None
+    if not 0 <= index < count:
+        raise ValueError(f"shard {shard!r}: need 0 <= i < n")
+    return index, count
+
+
+def read_track_table(path: str | Path) -> tuple[pd.DataFrame, list[str]]:
+    """Every record of the CSV as one row (``row`` = 0-based record number), malformed ones included.
+
+    A record whose field count differs from the header's, or that is empty, keeps its place
+    with ``row_error`` set, so it still gets its output row.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"track table not found: {path}")
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.reader(handle)
+        header = [h.strip() for h in next(reader, [])]
+        if not header:
+            raise ValueError(f"{path} is empty: expected a header row")
+        known = set(ID_COLUMNS) | set(SOURCE_COLUMNS)
+        if not known & set(header):
+            raise ValueError(f"{path} has none of the columns {sorted(known)}; header is {header}")
+        records = []
+        for record in reader:
+            row = dict.fromkeys(header, "")
+            if not record or all(not cell.strip() for cell in record):
+                row["row_error"] = "empty row"
+            elif len(record) != len(header):
+                row["row_error"] = f"malformed row: {len(record)} fields, expected {len(header)}"
+            else:
+                row.update({k: v.strip() for k, v in zip(header, record)})
+                row["row_error"] = ""
+            records.append(row)
+    table = pd.DataFrame(records, columns=header + ["row_error"]).fillna("")
+    table.insert(0, "row", np.arange(len(table)))
+    for column in SOURCE_COLUMNS + ID_COLUMNS:
+        if column not in table.columns:
+            table[column] = ""
+    base = path.parent
+    for column in ("cover_path", "audio_path"):
+        table[column] = [str(base / p) if p and not Path(p).is_absolute() else p for p in table[column]]
+    return table, header
+
+
+class _Resolver:
+    """Turns a row into a local cover file and audio file (catalogue lookup, URL download, cached)."""
+
+    def __init__(self, catalogue: str | Path | None, download_dir: Path) -> None:
+        from data.crawl import CrawlSettings, Retrier
+
+        self.download_dir = download_dir
+        self.settings = CrawlSettings()
+        self.retry = Retrier(self.settings)
+        self.session = None
+        self.catalogue: dict[str, dict[str, str]] = {}
+        if catalogue:
+            table = pd.read_csv(catalogue, dtype=str, keep_default_na=False)
+            for key in ID_COLUMNS:
+                if key in table.columns:
+                    for _, item in table.iterrows():
+                        self.catalogue.setdefault(item[key], {"cover_path": item.get("cover_path", ""),
+                                                              "audio_path": item.get("audio_path", "")})
+
+    def files(self, row: pd.Series) -> tuple[str, str, str]:
+        """``(cover file, audio file, row error)``; a file that could not be had is ``"!<reason>"``."""
+        if row["row_error"]:
+            return "", "", row["row_error"]
+        track_id = row["track_id"] or row["item_id"]
+        cover, audio = row["cover_path"], row["audio_path"]
+        if not (cover or audio or row["cover_url"] or row["audio_url"]):
+            if not track_id:
+                return "", "", "empty row"
+            known = self.catalogue.get(track_id)
+            if known is None:
+                return "", "", f"unknown id {track_id!r}" + ("" if self.catalogue else " (no catalogue given)")
+            cover, audio = known["cover_path"], known["audio_path"]
+        if not cover and row["cover_url"]:
+            cover = self._download(row["cover_url"], "cover")
+        if not audio and row["audio_url"]:
+            audio = self._download(row["audio_url"], "audio")
+        return cover, audio, ""
+
+    def _download(self, url: str, kind: str) -> str:
+        import requests
+
+        from data.crawl import download, verify_audio, verify_cover
+
+        suffix = Path(url.split("?")[0]).suffix.lower()[:5] or ".bin"
+        target = self.download_dir / kind / (hashlib.sha1(url.encode()).hexdigest() + suffix)
+        if target.is_file():
+            return str(target)
+        self.session = self.session or requests.Session()
+        try:
+            download(self.session, url, target, verify_cover if kind == "cover" else verify_audio,
+                     self.retry, self.settings.timeout_s)
+        except Exception as error:  # noqa: BLE001 — recorded on the row
+            return f"!download failed: {type(error).__name__}: {str(error)[:200]}"
+        return str(target)
+
+
+def _score_covers(scorer: TrackScorer, paths: list[str], device: str) -> tuple[np.ndarray, list[str]]:
+    from covers.inputs import decode_covers
+    from covers.train import CoverImages
+    from engine.trainer import predict_proba
+
+    proba = np.full((len(paths), len(scorer.labels)), np.nan)
+    errors = [""] * len(paths)
+    wanted = [i for i, p in enumerate(paths) if p and not p.startswith("!")]
+    for i, p in enumerate(paths):
+        if p.startswith("!"):
+            errors[i] = p[1:]
+    if not wanted:
+        return proba, errors
+    items = pd.DataFrame({"item_id": [str(i) for i in wanted], "cover_path": [paths[i] for i in wanted], "md5": ""})
+    decoded, images = decode_covers(items, scorer.cover_model.info.input_size, progress=False)
+    for _, problem in decoded.problems.iterrows():
+        errors[int(problem["item_id"])] = problem["reason"]
+    if len(decoded.items):
+        rows = decoded.items["item_id"].astype(int).to_numpy()
+        dataset = CoverImages(images, np.zeros(len(rows), dtype=np.int64), scorer.cover_model.info)
+        proba[rows] = predict_proba(scorer.cover_model, dataset, device=device)
+    return proba, errors
+
+
+def _score_audio(scorer: TrackScorer, paths: list[str], cache_dir: str | None, device: str) -> tuple[np.ndarray, list[str]]:
+    from audio.score import score_audio_files
+
+    proba = np.full((len(paths), len(scorer.labels)), np.nan)
+    errors = [p[1:] if p.startswith("!") else "" for p in paths]
+    unique = sorted({p for p in paths if p and not p.startswith("!")})
+    if not unique:
+        return proba, errors
+    scored = score_audio_files(unique, scorer.audio_checkpoint, cache_dir=cache_dir, device=device,
+                               progress=False).set_index("audio_path")
+    columns = [f"p_{label}" for label in scorer.labels]
+    for i, path in enumerate(paths):
+        if path in scored.index:
+            if scored.at[path, "status"] == "ok":
+                proba[i] = scored.loc[path, columns].to_numpy(dtype=float)
+            else:
+                errors[i] = scored.at[path, "error"] or "audio could not be scored"
+    return proba, errors
+
+
+def score_batch(scorer: TrackScorer, rows: pd.DataFrame, resolver: _Resolver, cache_dir: str | None,
+                device: str) -> pd.DataFrame:
+    """Output rows for a batch of input rows (same order): status, modalities, prediction, probabilities."""
+    resolved = [resolver.files(row) for _, row in rows.iterrows()]
+    n, k = len(rows), len(scorer.labels)
+    p_cover, cover_errors = np.full((n, k), np.nan), [""] * n
+    p_audio, audio_errors = np.full((n, k), np.nan), [""] * n
+    covers = [c if not e else "" for c, _, e in resolved]
+    audios = [a if not e else "" for _, a, e in resolved]
+    if scorer.cover_model is not None:
+        p_cover, cover_errors = _score_covers(scorer, covers, device)
+    if scorer.audio_checkpoint is not None:
+        p_audio, audio_errors = _score_audio(scorer, audios, cache_dir, device)
+    has_cover, has_audio = ~np.isnan(p_cover).any(1), ~np.isnan(p_audio).any(1)
+    fused = np.full((n, k), np.nan)
+    if scorer.fusion_head is not None and (has_cover | has_audio).any():
+        either = has_cover | has_audio
+        fused[either] = scorer.fusion_head.predict_proba(p_cover[either], p_audio[either])
+    else:
+        fused = np.where(has_cover[:, None], p_cover, p_audio)
+    out = rows[["row", "track_id", "item_id"]].copy().reset_index(drop=True)
+    statuses, modalities = [], []
+    for i, (cover, audio, row_error) in enumerate(resolved):
+        used = [m for m, present in (("cover", has_cover[i]), ("audio", has_audio[i])) if present]
+        modalities.append("+".join(used))
+        if used:
+            statuses.append("ok")
+        elif row_error:
+            statuses.append(row_error)
+        else:
+            reasons = [f"{m}: {e}" for m, e in (("cover", cover_errors[i]), ("audio", audio_errors[i])) if e]
+            asked = [m for m, f in (("cover", cover), ("audio", audio)) if f and m in scorer.modalities]
+            statuses.append("; ".join(reasons) or ("no input for the model's modalities "
+                                                   f"({'+'.join(scorer.modalities)})" if not asked else "not scored"))
+    out["status"] = statuses
+    out["modalities"] = modalities
+    out["predicted"] = [scorer.labels[int(np.argmax(p))] if not np.isnan(p).any() else "" for p in fused]
+    for j, label in enumerate(scorer.labels):
+        out[f"p_{label}"] = np.round(fused[:, j], 6)
+    out["cover_error"] = cover_errors
+    out["audio_error"] = audio_errors
+    return out
+
+
+def score_table(input_csv: str | Path, model_dir: str | Path, output_csv: str | Path, shard: str = "0/1",
+                batch_size: int = 64, catalogue: str | Path | None = None, cache_dir: str | Path | None = None,
+                download_dir: str | Path | None = None, device: str = "auto", progress: bool = True) -> dict[str, Any]:
+    """Score this shard's rows of ``input_csv`` into ``output_csv``, resuming after rows already written.
+
+    Returns a summary: rows in the shard, rows written now, rows skipped as done, statuses, seconds.
+    """
+    import time
+
+    index, count = parse_shard(shard)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    output_csv = Path(output_csv)
+    scorer = load_track_scorer(model_dir)
+    table, _ = read_track_table(input_csv)
+    mine = table[table["row"] % count == index]
+    run_record = {"input": str(Path(input_csv).resolve()), "model_dir": str(Path(model_dir).resolve()),
+                  "shard": f"{index}/{count}", "labels": scorer.labels}
+    record_path = output_csv.with_name(output_csv.name + ".run.json")
+    done: set[int] = set()
+    if output_csv.is_file() and output_csv.stat().st_size:
+        previous = json.loads(record_path.read_text()) if record_path.is_file() else {}
+        if previous and previous != run_record:
+            raise ValueError(f"{output_csv} was written by a different run ({previous}); "
+                             "give another output path or delete it")
+        done = set(pd.read_csv(output_csv, usecols=["row"])["row"].astype(int))
+    output_csv.parent.mkdir(parents=True, exist_ok=True)
+    record_path.write_text(json.dumps(run_record, indent=2))
+    todo = mine[~mine["row"].isin(done)]
+    resolver = _Resolver(catalogue, Path(download_dir or output_csv.parent / "downloads"))
+    cache = str(cache_dir) if cache_dir else None
+    start = time.perf_counter()
+    statuses: list[str] = []
+    batches = range(0, len(todo), batch_size)
+    for first in tqdm(batches, desc=f"score shard {index}/{count}", unit="batch", disable=not progress):
+        out = score_batch(scorer, todo.iloc[first:first + batch_size], resolver, cache, device)
+        header = not output_csv.is_file() or not output_csv.stat().st_size
+        with output_csv.open("a", newline="") as handle:
+            out.to_csv(handle, header=header, index=False)
+        statuses += out["status"].tolist()
+    seconds = time.perf_counter() - start
+    summary = {"rows_in_shard": len(mine), "written_now": len(todo), "already_done": len(mine) - len(todo),
+               "ok": sum(s == "ok" for s in statuses), "not_ok": sum(s != "ok" for s in statuses),
+               "seconds": round(seconds, 2), "tracks_per_s": round(len(todo) / seconds, 2) if seconds and len(todo) else None,
+               "modalities": scorer.modalities, "output": str(output_csv)}
+    log.info("scored %s", summary)
+    return summary

@@ -1,0 +1,124 @@
+"""Batch scoring: one output row per input row, broken rows recorded, resume and shards agree with one run."""
+from __future__ import annotations
+
+import functools
+import subprocess
+import sys
+import threading
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+
+from fusion.score import parse_shard, score_table
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture()
+def cover_server(tmp_path, covers_loaded):
+    """Serves one real cover over HTTP on 127.0.0.1 (a ``cover_url`` input)."""
+    served = tmp_path / "served"
+    served.mkdir()
+    source = covers_loaded.items[covers_loaded.items["label"] == "country"]["cover_path"].iloc[60]
+    (served / "cover.jpg").write_bytes(Path(source).read_bytes())
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *args: None
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_port}"
+    httpd.shutdown()
+
+
+def _tracks(tmp_path: Path, covers_loaded, data_root: Path, base_url: str) -> tuple[Path, Path, dict[str, str]]:
+    covers = covers_loaded.items[covers_loaded.items["source"] == "discogs"]
+    cover = {g: covers[covers["label"] == g]["cover_path"].iloc[70] for g in ("hiphop", "country", "pop")}
+    audio = {g: str(sorted((data_root / "gtzan" / "audio" / g).glob("*.ogg"))[0]) for g in ("hiphop", "country", "pop")}
+    (tmp_path / "corrupt.jpg").write_text("not an image")
+    (tmp_path / "corrupt.ogg").write_bytes(b"OggS" + bytes(200))
+    sf.write(tmp_path / "silent.wav", np.zeros(22050 * 5, dtype=np.float32), 22050)
+    catalogue = tmp_path / "catalogue.csv"
+    pd.DataFrame({"item_id": ["known-track"], "cover_path": [cover["pop"]], "audio_path": [audio["pop"]]}).to_csv(
+        catalogue, index=False)
+    header = "track_id,cover_path,cover_url,audio_path\n"
+    lines = [
+        f"t0,{cover['hiphop']},,",                   # 0 cover only
+        f"t1,,,{audio['hiphop']}",                   # 1 audio only
+        f"t2,{cover['hiphop']},,{audio['hiphop']}",  # 2 both: the fused value of rows 0 and 1
+        f"t3,{cover['country']},,{audio['country']}",
+        f"t4,{tmp_path / 'missing.jpg'},,{audio['pop']}",  # 4 cover missing: audio carries it
+        f"t5,{tmp_path / 'corrupt.jpg'},,",          # 5 corrupt image only → not ok
+        f"t6,,,{tmp_path / 'corrupt.ogg'}",          # 6 unreadable audio → not ok
+        f"t7,,,{tmp_path / 'silent.wav'}",           # 7 silent clip → not ok
+        ",,,",                                       # 8 empty row
+        "t9,a,b,c,d,e",                              # 9 malformed row
+        "no-such-track,,,",                          # 10 unknown id
+        "known-track,,,",                            # 11 resolved through the catalogue
+        f"t12,,{base_url}/cover.jpg,",               # 12 cover by URL
+        f"t13,,{base_url}/absent.jpg,",              # 13 URL that 404s
+    ]
+    table = tmp_path / "tracks.csv"
+    table.write_text(header + "\n".join(lines) + "\n")
+    return table, catalogue, audio
+
+
+def test_scoring_keeps_every_row_and_resumes(main_job_run, covers_loaded, data_root, cover_server, tmp_path):
+    _, run_dir = main_job_run
+    table, catalogue, _ = _tracks(tmp_path, covers_loaded, data_root, cover_server)
+    n_rows = 14
+    out = tmp_path / "scores.csv"
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "score.py"), f"model_dir={run_dir}",
+                             f"input={table}", f"output={out}", f"catalogue={catalogue}", "batch_size=4",
+                             "progress=false", f"paths.root_dir={tmp_path}"],
+                            capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    scores = pd.read_csv(out, keep_default_na=False)
+    assert scores["row"].tolist() == list(range(n_rows))
+    status = scores.set_index("row")["status"]
+    modalities = scores.set_index("row")["modalities"]
+    for row in (0, 1, 2, 3, 4, 11, 12):
+        assert status[row] == "ok", (row, status[row])
+    assert modalities[0] == "cover" and modalities[1] == "audio" and modalities[2] == "cover+audio"
+    assert modalities[4] == "audio" and "missing file" in scores.loc[4, "cover_error"]
+    assert modalities[11] == "cover+audio" and modalities[12] == "cover"
+    assert "not a usable image" in status[5] or "cover:" in status[5]
+    assert status[6].startswith("audio:") and "silent" in status[7]
+    assert status[8] == "empty row" and status[9].startswith("malformed row")
+    assert status[10].startswith("unknown id") and "download failed" in status[13]
+    probabilities = scores[[c for c in scores.columns if c.startswith("p_")]].replace("", np.nan).astype(float)
+    ok = (scores["status"] == "ok").to_numpy()
+    np.testing.assert_allclose(probabilities[ok].sum(axis=1), 1.0, atol=1e-4)
+    assert probabilities[~ok].isna().all().all()
+
+    head = joblib.load(run_dir / "fusion" / "fusion_head.joblib")["head"]
+    fused = head.predict_proba(probabilities.iloc[[0]].to_numpy(float), probabilities.iloc[[1]].to_numpy(float))
+    np.testing.assert_allclose(probabilities.iloc[2].to_numpy(float), fused[0], atol=1e-5)
+
+    # Interrupted after two batches: the resumed file equals the uninterrupted one.
+    resumed = tmp_path / "resumed.csv"
+    resumed.write_text("".join(out.read_text().splitlines(keepends=True)[:9]))
+    (tmp_path / "resumed.csv.run.json").write_text((tmp_path / "scores.csv.run.json").read_text())
+    summary = score_table(table, run_dir, resumed, batch_size=4, catalogue=catalogue, progress=False)
+    assert summary["already_done"] == 8 and summary["written_now"] == n_rows - 8
+    pd.testing.assert_frame_equal(pd.read_csv(resumed, keep_default_na=False), scores)
+    assert score_table(table, run_dir, resumed, catalogue=catalogue, progress=False)["written_now"] == 0
+
+    shards = [pd.read_csv(tmp_path / f"shard{i}.csv", keep_default_na=False) for i in range(3)
+              if score_table(table, run_dir, tmp_path / f"shard{i}.csv", shard=f"{i}/3", catalogue=catalogue,
+                             progress=False)]
+    merged = pd.concat(shards).sort_values("row").reset_index(drop=True)
+    pd.testing.assert_frame_equal(merged, scores)
+    assert [set(s["row"] % 3) for s in shards] == [{0}, {1}, {2}]
+
+
+def test_bad_shard_and_model_folder_are_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="shard"):
+        parse_shard("3/3")
+    with pytest.raises(ValueError, match="i/n"):
+        parse_shard("half")
+    with pytest.raises(FileNotFoundError, match="no cover or audio checkpoint"):
+        score_table(tmp_path / "t.csv", tmp_path, tmp_path / "out.csv")
