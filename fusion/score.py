@@ -214,7 +214,8 @@ def _score_covers(scorer: TrackScorer, paths: list[str], device: str) -> tuple[n
     return proba, errors
 
 
-def _score_audio(scorer: TrackScorer, paths: list[str], cache_dir: str | None, device: str) -> tuple[np.ndarray, list[str]]:
+def _score_audio(scorer: TrackScorer, paths: list[str], cache_dir: str | None, device: str,
+                 n_jobs: int) -> tuple[np.ndarray, list[str]]:
     from audio.score import score_audio_files
 
     proba = np.full((len(paths), len(scorer.labels)), np.nan)
@@ -222,7 +223,7 @@ def _score_audio(scorer: TrackScorer, paths: list[str], cache_dir: str | None, d
     unique = sorted({p for p in paths if p and not p.startswith("!")})
     if not unique:
         return proba, errors
-    scored = score_audio_files(unique, scorer.audio_checkpoint, cache_dir=cache_dir, device=device,
+    scored = score_audio_files(unique, scorer.audio_checkpoint, cache_dir=cache_dir, n_jobs=n_jobs, device=device,
                                progress=False).set_index("audio_path")
     columns = [f"p_{label}" for label in scorer.labels]
     for i, path in enumerate(paths):
@@ -235,7 +236,7 @@ def _score_audio(scorer: TrackScorer, paths: list[str], cache_dir: str | None, d
 
 
 def score_batch(scorer: TrackScorer, rows: pd.DataFrame, resolver: _Resolver, cache_dir: str | None,
-                device: str) -> pd.DataFrame:
+                device: str, n_jobs: int = 1) -> pd.DataFrame:
     """Output rows for a batch of input rows (same order): status, modalities, prediction, probabilities."""
     resolved = [resolver.files(row) for _, row in rows.iterrows()]
     n, k = len(rows), len(scorer.labels)
@@ -246,7 +247,7 @@ def score_batch(scorer: TrackScorer, rows: pd.DataFrame, resolver: _Resolver, ca
     if scorer.cover_model is not None:
         p_cover, cover_errors = _score_covers(scorer, covers, device)
     if scorer.audio_checkpoint is not None:
-        p_audio, audio_errors = _score_audio(scorer, audios, cache_dir, device)
+        p_audio, audio_errors = _score_audio(scorer, audios, cache_dir, device, n_jobs)
     has_cover, has_audio = ~np.isnan(p_cover).any(1), ~np.isnan(p_audio).any(1)
     fused = np.full((n, k), np.nan)
     if scorer.fusion_head is not None and (has_cover | has_audio).any():
@@ -280,8 +281,11 @@ def score_batch(scorer: TrackScorer, rows: pd.DataFrame, resolver: _Resolver, ca
 
 def score_table(input_csv: str | Path, model_dir: str | Path, output_csv: str | Path, shard: str = "0/1",
                 batch_size: int = 64, catalogue: str | Path | None = None, cache_dir: str | Path | None = None,
-                download_dir: str | Path | None = None, device: str = "auto", progress: bool = True) -> dict[str, Any]:
+                download_dir: str | Path | None = None, device: str = "auto", n_jobs: int = 1,
+                progress: bool = True) -> dict[str, Any]:
     """Score this shard's rows of ``input_csv`` into ``output_csv``, resuming after rows already written.
+
+    ``n_jobs`` processes extract audio features; ``cache_dir`` caches them (and nothing is cached without it).
 
     Returns a summary: rows in the shard, rows written now, rows skipped as done, statuses, seconds.
     """
@@ -313,7 +317,7 @@ def score_table(input_csv: str | Path, model_dir: str | Path, output_csv: str | 
     statuses: list[str] = []
     batches = range(0, len(todo), batch_size)
     for first in tqdm(batches, desc=f"score shard {index}/{count}", unit="batch", disable=not progress):
-        out = score_batch(scorer, todo.iloc[first:first + batch_size], resolver, cache, device)
+        out = score_batch(scorer, todo.iloc[first:first + batch_size], resolver, cache, device, n_jobs)
         header = not output_csv.is_file() or not output_csv.stat().st_size
         with output_csv.open("a", newline="") as handle:
             out.to_csv(handle, header=header, index=False)

@@ -26,7 +26,7 @@ def main(cfg: DictConfig) -> None:
     output = Path(cfg.output) if cfg.output else Path(HydraConfig.get().runtime.output_dir) / default_name
     summary = score_table(cfg.input, cfg.model_dir, output, shard=str(cfg.shard), batch_size=int(cfg.batch_size),
                           catalogue=cfg.catalogue, cache_dir=cfg.paths.cache_dir, download_dir=cfg.download_dir,
-                          device=cfg.device, progress=cfg.progress)
+                          device=cfg.device, n_jobs=int(cfg.n_jobs), progress=cfg.progress)
     print(json.dumps(summary, indent=2))
     print(f"Scores: {output}")
 

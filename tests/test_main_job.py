@@ -3,7 +3,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pandas as pd
 
 ROOT = Path(__file__).resolve().parent.parent
 

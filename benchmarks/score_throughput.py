@@ -1,0 +1,73 @@
+"""Batch-scoring throughput: tracks/s of scripts/score.py's path on shared covers + GTZAN audio.
+
+Usage: .venv/bin/python benchmarks/score_throughput.py MODEL_DIR [n_tracks] [n_jobs]
+MODEL_DIR is a main-job run folder (covers/, audio/, fusion/). Every track pairs a distinct
+cover with a distinct GTZAN clip (cold caches: nothing computed before), and 1 row in 20 is
+broken on purpose (missing file, corrupt image, empty row, unknown id). Writes
+benchmarks/results/score_throughput.json with the machine it ran on.
+"""
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import pandas as pd  # noqa: E402
+
+from data.covers import load_covers_table  # noqa: E402
+from data.gtzan import load_gtzan_audio  # noqa: E402
+from data.root import resolve_data_root  # noqa: E402
+from engine.report import write_json  # noqa: E402
+from engine.run import machine_info  # noqa: E402
+from fusion.score import score_table  # noqa: E402
+
+
+def track_table(n_tracks: int, folder: Path) -> Path:
+    root = resolve_data_root()
+    covers = load_covers_table(root / "covers" / "covers.csv").items["cover_path"].drop_duplicates()
+    audio = load_gtzan_audio(root / "gtzan" / "audio").items["audio_path"]
+    if n_tracks > min(len(covers), len(audio)):
+        raise ValueError(f"at most {min(len(covers), len(audio))} distinct tracks available")
+    table = pd.DataFrame({"track_id": [f"bench-{i}" for i in range(n_tracks)],
+                          "cover_path": covers.sample(n_tracks, random_state=0).to_numpy(),
+                          "audio_path": audio.sample(n_tracks, random_state=0).to_numpy()})
+    (folder / "corrupt.jpg").write_text("not an image")
+    broken = {0: ("", str(folder / "missing.ogg")), 1: (str(folder / "corrupt.jpg"), ""), 2: ("", ""), 3: ("", "")}
+    for i in range(0, n_tracks, 20):
+        kind = (i // 20) % 4
+        table.loc[i, ["cover_path", "audio_path"]] = broken[kind]
+        if kind == 3:
+            table.loc[i, "track_id"] = "unknown-id"
+        elif kind == 2:
+            table.loc[i, "track_id"] = ""
+    path = folder / "tracks.csv"
+    table.to_csv(path, index=False)
+    return path
+
+
+def main(model_dir: str, n_tracks: int = 200, n_jobs: int = 2) -> dict:
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(scratch)
+        tracks = track_table(n_tracks, folder)
+        summary = score_table(tracks, model_dir, folder / "scores.csv", batch_size=64, cache_dir=folder / "cache",
+                              n_jobs=n_jobs, progress=True)
+        scores = pd.read_csv(folder / "scores.csv", keep_default_na=False)
+    result = {
+        "what": "scripts/score.py path (fusion.score.score_table): decode + embed covers, extract GTZAN features, "
+                "fuse; cold caches; 1 row in 20 broken on purpose",
+        "model_dir": str(model_dir), "n_rows": n_tracks, "output_rows": len(scores), "n_jobs": n_jobs,
+        "seconds": summary["seconds"], "tracks_per_s": summary["tracks_per_s"],
+        "statuses": scores["status"].where(scores["status"] == "ok", "not ok").value_counts().to_dict(),
+        "modalities": scores["modalities"].value_counts().to_dict(),
+        "machine": machine_info(),
+    }
+    out = Path(__file__).resolve().parent / "results" / "score_throughput.json"
+    write_json(out, result)
+    print(result)
+    return result
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], *(int(a) for a in sys.argv[2:]))
