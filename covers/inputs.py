@@ -26,7 +26,8 @@ INPUTS_VERSION = 1
 
 def normalise(images: np.ndarray, info: BackboneInfo) -> torch.Tensor:
     """``uint8 (batch, s, s, 3)`` → float ``(batch, 3, s, s)`` with the backbone's mean/std."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255)
+    # np.require copies only when needed: torch cannot wrap read-only (cached) arrays.
+    x = torch.from_numpy(np.require(images, requirements=["C", "W"])).permute(0, 3, 1, 2).float().div_(255)
     mean = torch.tensor(info.mean).view(1, 3, 1, 1)
     std = torch.tensor(info.std).view(1, 3, 1, 1)
     return (x - mean) / std

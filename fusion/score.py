@@ -17,6 +17,7 @@ import csv
 import hashlib
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -279,6 +280,14 @@ def score_batch(scorer: TrackScorer, rows: pd.DataFrame, resolver: _Resolver, ca
     return out
 
 
+def _drop_partial_last_line(path: Path) -> None:
+    """A run killed while writing leaves half a line at the end: cut it, so that row is scored again."""
+    content = path.read_bytes()
+    if content and not content.endswith(b"\n"):
+        with path.open("r+b") as handle:
+            handle.truncate(content.rfind(b"\n") + 1)
+
+
 def score_table(input_csv: str | Path, model_dir: str | Path, output_csv: str | Path, shard: str = "0/1",
                 batch_size: int = 64, catalogue: str | Path | None = None, cache_dir: str | Path | None = None,
                 download_dir: str | Path | None = None, device: str = "auto", n_jobs: int = 1,
@@ -307,6 +316,7 @@ def score_table(input_csv: str | Path, model_dir: str | Path, output_csv: str | 
         if previous and previous != run_record:
             raise ValueError(f"{output_csv} was written by a different run ({previous}); "
                              "give another output path or delete it")
+        _drop_partial_last_line(output_csv)
         done = set(pd.read_csv(output_csv, usecols=["row"])["row"].astype(int))
     output_csv.parent.mkdir(parents=True, exist_ok=True)
     record_path.write_text(json.dumps(run_record, indent=2))
@@ -320,7 +330,9 @@ def score_table(input_csv: str | Path, model_dir: str | Path, output_csv: str | 
         out = score_batch(scorer, todo.iloc[first:first + batch_size], resolver, cache, device, n_jobs)
         header = not output_csv.is_file() or not output_csv.stat().st_size
         with output_csv.open("a", newline="") as handle:
-            out.to_csv(handle, header=header, index=False)
+            handle.write(out.to_csv(header=header, index=False))  # one write per batch
+            handle.flush()
+            os.fsync(handle.fileno())
         statuses += out["status"].tolist()
     seconds = time.perf_counter() - start
     summary = {"rows_in_shard": len(mine), "written_now": len(todo), "already_done": len(mine) - len(todo),

@@ -98,9 +98,10 @@ def test_scoring_keeps_every_row_and_resumes(main_job_run, covers_loaded, data_r
     fused = head.predict_proba(probabilities.iloc[[0]].to_numpy(float), probabilities.iloc[[1]].to_numpy(float))
     np.testing.assert_allclose(probabilities.iloc[2].to_numpy(float), fused[0], atol=1e-5)
 
-    # Interrupted after two batches: the resumed file equals the uninterrupted one.
+    # Killed during the third batch: the resumed file equals the uninterrupted one.
     resumed = tmp_path / "resumed.csv"
-    resumed.write_text("".join(out.read_text().splitlines(keepends=True)[:9]))
+    lines = out.read_text().splitlines(keepends=True)
+    resumed.write_text("".join(lines[:9]) + lines[9][:7])  # killed in the middle of writing row 8
     (tmp_path / "resumed.csv.run.json").write_text((tmp_path / "scores.csv.run.json").read_text())
     summary = score_table(table, run_dir, resumed, batch_size=4, catalogue=catalogue, progress=False)
     assert summary["already_done"] == 8 and summary["written_now"] == n_rows - 8
