@@ -162,26 +162,26 @@ class SpotifySource:
             return result
         return self.retry(checked, what)
 
+    def _lookup(self, ids: list[str], batch: int, call: Callable[[list[str]], Any], key: str,
+                extract: Callable[[dict], str | None]) -> dict[str, str | None]:
+        found: dict[str, str | None] = {}
+        for start in range(0, len(ids), batch):
+            chunk = ids[start:start + batch]
+            answers = self._json(lambda: call(chunk), f"spotify {key} {chunk[0]}…")[key]
+            for one_id, answer in zip(chunk, answers):
+                found[one_id] = extract(answer or {})
+        return found
+
     def cover_urls(self, album_ids: list[str]) -> dict[str, str | None]:
         """``album_id → largest cover URL`` (``None``: the album is unknown or has no image); ≤ 20 ids a call."""
-        found: dict[str, str | None] = {}
-        for start in range(0, len(album_ids), 20):
-            batch = album_ids[start:start + 20]
-            albums = self._json(lambda: self.client.albums(batch), f"spotify albums {batch[0]}…")["albums"]
-            for album_id, album in zip(batch, albums):
-                images = sorted((album or {}).get("images") or [], key=lambda i: -(i.get("width") or 0))
-                found[album_id] = images[0]["url"] if images else None
-        return found
+        def largest(album: dict) -> str | None:
+            images = sorted(album.get("images") or [], key=lambda i: -(i.get("width") or 0))
+            return images[0]["url"] if images else None
+        return self._lookup(album_ids, 20, self.client.albums, "albums", largest)
 
     def preview_urls(self, track_ids: list[str]) -> dict[str, str | None]:
         """``track_id → preview_url`` (``None`` when Spotify gives none, as for apps made after Nov 2024)."""
-        found: dict[str, str | None] = {}
-        for start in range(0, len(track_ids), 50):
-            batch = track_ids[start:start + 50]
-            tracks = self._json(lambda: self.client.tracks(batch), f"spotify tracks {batch[0]}…")["tracks"]
-            for track_id, track in zip(batch, tracks):
-                found[track_id] = (track or {}).get("preview_url")
-        return found
+        return self._lookup(track_ids, 50, self.client.tracks, "tracks", lambda track: track.get("preview_url"))
 
 
 class DeezerSource:
