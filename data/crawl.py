@@ -15,6 +15,7 @@ and not asked again; items that failed after all retries are ``failed`` and retr
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 import os
@@ -295,15 +296,21 @@ def crawl(items: pd.DataFrame, out_dir: str | Path, kinds: Iterable[str] = ("cov
           settings: CrawlSettings | None = None, progress: bool = True) -> pd.DataFrame:
     """Fetch covers and/or previews for the item table from :mod:`data.musicoset` into ``out_dir``.
 
-    Needs ``item_id``, ``album_id`` (covers), ``track_id``, ``track_title``, ``artist_names``
-    (previews); a ``cover_url`` column, where filled, is used instead of asking Spotify. Returns
+    Uses ``item_id`` and, where present, ``album_id`` / ``cover_url`` (covers; a filled
+    ``cover_url`` is fetched without asking Spotify) and ``track_id``, ``track_title``,
+    ``artist_names`` (previews). An item with nothing to go on is recorded ``unavailable``. Returns
     the item table with ``cover_path`` / ``audio_path`` filled for what is on disk, and writes it
     to ``out_dir/items.csv``.
     """
     settings = settings or CrawlSettings()
     out_dir = Path(out_dir)
     kinds = list(kinds)
+    if "item_id" not in items.columns:
+        raise ValueError(f"the item table needs an item_id column; it has {list(items.columns)}")
     items = items.fillna("").astype(str).reset_index(drop=True)
+    for column in ("album_id", "cover_url", "track_id", "track_title", "artist_names"):
+        if column not in items.columns:
+            items[column] = ""
     status = StatusTable(out_dir / "crawl_status.csv")
     session = requests.Session()
     retry = Retrier(settings)
@@ -338,9 +345,15 @@ def _fetch_one(item_id: str, kind: str, url: str | None, source: str, target_ste
         status.record(item_id, kind, "failed", source, detail=f"{type(error).__name__}: {error}")
 
 
+def _file_stem(row: pd.Series, id_column: str) -> str:
+    """The source id when there is one, else a digest of the item id (item ids may hold ``:`` or ``/``)."""
+    return row[id_column] or hashlib.sha1(row["item_id"].encode()).hexdigest()[:16]
+
+
 def _crawl_covers(items, out_dir, status, spotify, session, retry, settings, progress) -> None:
-    todo = items[(items["album_id"] != "") & ~items["item_id"].map(lambda i: status.done(i, "cover"))]
-    ask = todo.loc[todo.get("cover_url", pd.Series("", index=todo.index)) == "", "album_id"].drop_duplicates().tolist()
+    todo = items[~items["item_id"].map(lambda i: status.done(i, "cover"))]
+    given = todo["cover_url"] if "cover_url" in todo.columns else pd.Series("", index=todo.index)
+    ask = todo.loc[(given == "") & (todo["album_id"] != ""), "album_id"].drop_duplicates().tolist()
     urls: dict[str, str | None] = {}
     try:
         urls = spotify.cover_urls(ask) if ask else {}
@@ -348,27 +361,28 @@ def _crawl_covers(items, out_dir, status, spotify, session, retry, settings, pro
         for item_id in todo["item_id"]:
             status.record(item_id, "cover", "failed", "spotify", detail=f"album lookup: {type(error).__name__}: {error}")
         return
-    for _, row in tqdm(todo.iterrows(), total=len(todo), desc="covers", disable=not progress):
-        url = row.get("cover_url") or urls.get(row["album_id"])
-        _fetch_one(row["item_id"], "cover", url, "spotify", out_dir / "covers" / f"{row['album_id']}.jpg",
+    for index, row in tqdm(todo.iterrows(), total=len(todo), desc="covers", disable=not progress):
+        url = given[index] or urls.get(row["album_id"])
+        _fetch_one(row["item_id"], "cover", url, "spotify", out_dir / "covers" / f"{_file_stem(row, 'album_id')}.jpg",
                    verify_cover, status, session, retry, settings)
 
 
 def _crawl_previews(items, out_dir, status, spotify, deezer, session, retry, settings, progress) -> None:
-    todo = items[(items["track_id"] != "") & ~items["item_id"].map(lambda i: status.done(i, "preview"))]
+    todo = items[~items["item_id"].map(lambda i: status.done(i, "preview"))]
+    track_ids = [t for t in todo["track_id"].drop_duplicates() if t]
     try:
-        spotify_urls = spotify.preview_urls(todo["track_id"].drop_duplicates().tolist()) if len(todo) else {}
+        spotify_urls = spotify.preview_urls(track_ids) if track_ids else {}
     except Exception as error:  # noqa: BLE001 — fall back to Deezer for every track
         log.warning("Spotify track lookup failed (%s); using Deezer search only", error)
         spotify_urls = {}
     for _, row in tqdm(todo.iterrows(), total=len(todo), desc="previews", disable=not progress):
         url, source = spotify_urls.get(row["track_id"]), "spotify"
-        if not url and deezer is not None:
+        if not url and deezer is not None and row["track_title"]:
             source = "deezer"
             try:
                 url = deezer.preview_url(row["artist_names"].split("|")[0], row["track_title"])
             except Exception as error:  # noqa: BLE001 — recorded, retried next run
                 status.record(row["item_id"], "preview", "failed", source, detail=f"search: {type(error).__name__}: {error}")
                 continue
-        _fetch_one(row["item_id"], "preview", url, source, out_dir / "previews" / f"{row['track_id']}.mp3",
+        _fetch_one(row["item_id"], "preview", url, source, out_dir / "previews" / f"{_file_stem(row, 'track_id')}.mp3",
                    verify_audio, status, session, retry, settings)

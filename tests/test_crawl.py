@@ -168,6 +168,8 @@ def test_crawl_survives_faults_and_an_interruption(server, tmp_path):
     items = pd.DataFrame({"item_id": [f"musicoset:{a}" for a in ALBUMS], "label": "rap", "album_id": ALBUMS,
                           "artist_names": "Someone|Other", "track_id": TRACKS,
                           "track_title": [f"Song {i}" for i in range(1, 9)]})
+    bare = pd.DataFrame({"item_id": ["musicoset:bare"], "label": "rap"})  # nothing to look up or search
+    items = pd.concat([items, bare], ignore_index=True).fillna("")
     items.to_csv(tmp_path / "items.csv", index=False)
     out = tmp_path / "crawl"
     env = {**os.environ, "SPOTIPY_CLIENT_ID": CLIENT_ID, "SPOTIPY_CLIENT_SECRET": CLIENT_SECRET}
@@ -217,6 +219,8 @@ def test_crawl_survives_faults_and_an_interruption(server, tmp_path):
             assert preview["status"] == "ok", preview.to_dict()
             assert preview["source"] == ("spotify" if track == SPOTIFY_PREVIEW else "deezer")
             assert Path(preview["path"]).read_bytes() == FakeMusicApi.files[f"/preview/{track}.mp3"]
+    assert latest.loc[("musicoset:bare", "cover"), "status"] == latest.loc[("musicoset:bare", "preview"), "status"] \
+        == "unavailable"
     assert not [p for p in out.rglob("*") if ".part-" in p.name]
     assert all(FakeMusicApi.requests[f"/image/{a}.jpg"] >= 2 for a in ALBUMS[:4])  # each fault was met and retried
     table = pd.read_csv(out / "items.csv", dtype=str, keep_default_na=False)
