@@ -303,7 +303,7 @@ def crawl(items: pd.DataFrame, out_dir: str | Path, kinds: Iterable[str] = ("cov
     to ``out_dir/items.csv``.
     """
     settings = settings or CrawlSettings()
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir).resolve()  # absolute paths in the item table, wherever it is read from
     kinds = list(kinds)
     if "item_id" not in items.columns:
         raise ValueError(f"the item table needs an item_id column; it has {list(items.columns)}")

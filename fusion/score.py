@@ -148,11 +148,14 @@ class _Resolver:
         self.catalogue: dict[str, dict[str, str]] = {}
         if catalogue:
             table = pd.read_csv(catalogue, dtype=str, keep_default_na=False)
+            base = Path(catalogue).parent
+            for column in ("cover_path", "audio_path"):
+                values = table[column] if column in table.columns else pd.Series("", index=table.index)
+                table[column] = [str(base / p) if p and not Path(p).is_absolute() else p for p in values]
             for key in ID_COLUMNS:
                 if key in table.columns:
-                    for _, item in table.iterrows():
-                        self.catalogue.setdefault(item[key], {"cover_path": item.get("cover_path", ""),
-                                                              "audio_path": item.get("audio_path", "")})
+                    for ident, cover, audio in zip(table[key], table["cover_path"], table["audio_path"]):
+                        self.catalogue.setdefault(ident, {"cover_path": cover, "audio_path": audio})
 
     def files(self, row: pd.Series) -> tuple[str, str, str]:
         """``(cover file, audio file, row error)``; a file that could not be had is ``"!<reason>"``."""

@@ -42,8 +42,9 @@ def _tracks(tmp_path: Path, covers_loaded, data_root: Path, base_url: str) -> tu
     (tmp_path / "corrupt.ogg").write_bytes(b"OggS" + bytes(200))
     sf.write(tmp_path / "silent.wav", np.zeros(22050 * 5, dtype=np.float32), 22050)
     catalogue = tmp_path / "catalogue.csv"
-    pd.DataFrame({"item_id": ["known-track"], "cover_path": [cover["pop"]], "audio_path": [audio["pop"]]}).to_csv(
-        catalogue, index=False)
+    (tmp_path / "known.ogg").write_bytes(Path(audio["pop"]).read_bytes())
+    pd.DataFrame({"item_id": ["known-track"], "cover_path": [cover["pop"]], "audio_path": ["known.ogg"]}).to_csv(
+        catalogue, index=False)  # a relative path: relative to the catalogue
     header = "track_id,cover_path,cover_url,audio_path\n"
     lines = [
         f"t0,{cover['hiphop']},,",                   # 0 cover only
