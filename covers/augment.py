@@ -18,16 +18,18 @@ TRANSFORMS: dict[str, Callable[[int], torch.nn.Module]] = {
 
 def build_class_augment(table: Mapping[str, Sequence[str]] | None, labels: Sequence[str],
                         size: int) -> list[torch.nn.Module | None]:
-    """One composed transform per class index (``None`` where the table gives none)."""
-    table = dict(table or {})
-    unknown_classes = sorted(set(table) - set(labels))
-    if unknown_classes:
-        raise ValueError(f"augment table names classes {unknown_classes} outside the label set {list(labels)}")
-    out: list[torch.nn.Module | None] = []
-    for label in labels:
-        names = list(table.get(label) or [])
+    """One composed transform per class index (``None`` where the table gives none).
+
+    The table may cover more classes than the run has (M5's table is written for the paper's
+    five); rows of other classes are unused, but every transform name is checked, and a table
+    that names none of the run's classes is an error.
+    """
+    table = {label: list(names or []) for label, names in dict(table or {}).items()}
+    for label, names in table.items():
         unknown = sorted(set(names) - set(TRANSFORMS))
         if unknown:
             raise ValueError(f"augment.{label}: unknown transform(s) {unknown}; known: {sorted(TRANSFORMS)}")
-        out.append(v2.Compose([TRANSFORMS[name](size) for name in names]) if names else None)
-    return out
+    if table and not set(table) & set(labels):
+        raise ValueError(f"augment table names none of the label set's classes {list(labels)}: {sorted(table)}")
+    return [v2.Compose([TRANSFORMS[name](size) for name in table[label]]) if table.get(label) else None
+            for label in labels]
