@@ -157,8 +157,11 @@ class _Resolver:
                     for ident, cover, audio in zip(table[key], table["cover_path"], table["audio_path"]):
                         self.catalogue.setdefault(ident, {"cover_path": cover, "audio_path": audio})
 
-    def files(self, row: pd.Series) -> tuple[str, str, str]:
-        """``(cover file, audio file, row error)``; a file that could not be had is ``"!<reason>"``."""
+    def files(self, row: pd.Series, modalities: list[str]) -> tuple[str, str, str]:
+        """``(cover file, audio file, row error)``; a file that could not be had is ``"!<reason>"``.
+
+        URLs are fetched only for the ``modalities`` the model uses.
+        """
         if row["row_error"]:
             return "", "", row["row_error"]
         track_id = row["track_id"] or row["item_id"]
@@ -170,9 +173,9 @@ class _Resolver:
             if known is None:
                 return "", "", f"unknown id {track_id!r}" + ("" if self.catalogue else " (no catalogue given)")
             cover, audio = known["cover_path"], known["audio_path"]
-        if not cover and row["cover_url"]:
+        if not cover and row["cover_url"] and "cover" in modalities:
             cover = self._download(row["cover_url"], "cover")
-        if not audio and row["audio_url"]:
+        if not audio and row["audio_url"] and "audio" in modalities:
             audio = self._download(row["audio_url"], "audio")
         return cover, audio, ""
 
@@ -242,7 +245,7 @@ def _score_audio(scorer: TrackScorer, paths: list[str], cache_dir: str | None, d
 def score_batch(scorer: TrackScorer, rows: pd.DataFrame, resolver: _Resolver, cache_dir: str | None,
                 device: str, n_jobs: int = 1) -> pd.DataFrame:
     """Output rows for a batch of input rows (same order): status, modalities, prediction, probabilities."""
-    resolved = [resolver.files(row) for _, row in rows.iterrows()]
+    resolved = [resolver.files(row, scorer.modalities) for _, row in rows.iterrows()]
     n, k = len(rows), len(scorer.labels)
     p_cover, cover_errors = np.full((n, k), np.nan), [""] * n
     p_audio, audio_errors = np.full((n, k), np.nan), [""] * n
