@@ -314,8 +314,13 @@ def crawl(items: pd.DataFrame, out_dir: str | Path, kinds: Iterable[str] = ("cov
     status = StatusTable(out_dir / "crawl_status.csv")
     session = requests.Session()
     retry = Retrier(settings)
-    spotify = SpotifySource(settings, session, retry)
     deezer = DeezerSource(settings, Retrier(settings)) if settings.deezer_fallback else None
+    have_credentials = all(os.environ.get(name) for name in CREDENTIAL_VARIABLES)
+    # Previews alone can come from Deezer: Spotify credentials are then optional.
+    deezer_only = kinds == ["preview"] and deezer is not None and not have_credentials
+    spotify = None if deezer_only else SpotifySource(settings, session, retry)
+    if deezer_only:
+        log.info("no Spotify credentials: previews from Deezer search only")
     try:
         if "cover" in kinds:
             _crawl_covers(items, out_dir, status, spotify, session, retry, settings, progress)
@@ -371,7 +376,7 @@ def _crawl_previews(items, out_dir, status, spotify, deezer, session, retry, set
     todo = items[~items["item_id"].map(lambda i: status.done(i, "preview"))]
     track_ids = [t for t in todo["track_id"].drop_duplicates() if t]
     try:
-        spotify_urls = spotify.preview_urls(track_ids) if track_ids else {}
+        spotify_urls = spotify.preview_urls(track_ids) if track_ids and spotify is not None else {}
     except Exception as error:  # noqa: BLE001 — fall back to Deezer for every track
         log.warning("Spotify track lookup failed (%s); using Deezer search only", error)
         spotify_urls = {}

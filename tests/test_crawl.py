@@ -239,10 +239,16 @@ def test_crawl_survives_faults_and_an_interruption(server, tmp_path):
     assert not any(CLIENT_SECRET in log for log in logs)
 
 
-def test_missing_credentials_is_a_clear_error(tmp_path, monkeypatch):
-    from data.crawl import crawl
+def test_missing_credentials_is_a_clear_error_unless_previews_come_from_deezer(server, tmp_path, monkeypatch):
+    from data.crawl import CrawlSettings, crawl
 
     monkeypatch.delenv("SPOTIPY_CLIENT_ID", raising=False)
     monkeypatch.delenv("SPOTIPY_CLIENT_SECRET", raising=False)
     with pytest.raises(RuntimeError, match="SPOTIPY_CLIENT_ID and SPOTIPY_CLIENT_SECRET"):
         crawl(pd.DataFrame({"item_id": ["a"], "album_id": ["b"], "track_id": [""]}), tmp_path)
+    FakeMusicApi.faults = {}
+    settings = CrawlSettings(deezer_api=server, spotify_api=f"{server}/v1/", timeout_s=2, min_interval_s=0)
+    items = pd.DataFrame({"item_id": ["x"], "track_id": [TRACKS[3]], "track_title": ["Song 4"], "artist_names": ["A"]})
+    crawled = crawl(items, tmp_path / "deezer", kinds=["preview"], settings=settings, progress=False)
+    assert Path(crawled.loc[0, "audio_path"]).read_bytes() == FakeMusicApi.files[f"/preview/{TRACKS[3]}.mp3"]
+    assert not any(path.startswith("/v1/") for path in FakeMusicApi.requests)  # Spotify never asked
