@@ -58,7 +58,7 @@ class CrawlSettings:
     max_attempts: int = 6
     backoff_s: float = 1.0
     backoff_max_s: float = 60.0
-    #: A Retry-After longer than this is obeyed up to this long, then counted as one failed attempt.
+    #: A longer Retry-After is cut to this; the wait still uses up one of ``max_attempts``.
     retry_after_max_s: float = 120.0
     #: Least time between two requests to the same service.
     min_interval_s: float = 0.1
@@ -68,8 +68,8 @@ class CrawlSettings:
 class Retrier:
     """Runs a call, retrying transient failures; also spaces calls ``min_interval_s`` apart."""
 
-    def __init__(self, settings: CrawlSettings, sleep: Callable[[float], None] = time.sleep) -> None:
-        self.settings, self.sleep, self._last = settings, sleep, 0.0
+    def __init__(self, settings: CrawlSettings) -> None:
+        self.settings, self._last = settings, 0.0
 
     def __call__(self, call: Callable[[], T], what: str) -> T:
         settings = self.settings
@@ -77,7 +77,7 @@ class Retrier:
         for attempt in range(settings.max_attempts):
             wait = settings.min_interval_s - (time.monotonic() - self._last)
             if wait > 0:
-                self.sleep(wait)
+                time.sleep(wait)
             self._last = time.monotonic()
             try:
                 return call()
@@ -89,7 +89,7 @@ class Retrier:
                     raise
                 last_error = f"{type(error).__name__}: {str(error)[:200]}"
                 log.info("%s: attempt %d failed (%s); retrying in %.1fs", what, attempt + 1, last_error, delay)
-                self.sleep(delay)
+                time.sleep(delay)
         raise RetriesExhausted(f"{what}: {settings.max_attempts} attempts failed; last: {last_error}")
 
 
@@ -108,6 +108,8 @@ def _transient_delay(error: Exception, attempt: int, settings: CrawlSettings) ->
         status, headers = error.__cause__.response.status_code, error.__cause__.response.headers
     elif isinstance(error, requests.HTTPError) and error.response is not None:
         status, headers = error.response.status_code, error.response.headers
+    elif isinstance(error, SpotifyOauthError) and getattr(error, "error", None) in ("invalid_client", "unauthorized_client"):
+        return None  # wrong credentials: asking again will not help
     elif isinstance(error, DeezerErrorResponse):
         code = (error.json_data.get("error") or {}).get("code")
         return backoff if code == 4 else None  # 4: Deezer's "quota exceeded"

@@ -252,3 +252,11 @@ def test_missing_credentials_is_a_clear_error_unless_previews_come_from_deezer(s
     crawled = crawl(items, tmp_path / "deezer", kinds=["preview"], settings=settings, progress=False)
     assert Path(crawled.loc[0, "audio_path"]).read_bytes() == FakeMusicApi.files[f"/preview/{TRACKS[3]}.mp3"]
     assert not any(path.startswith("/v1/") for path in FakeMusicApi.requests)  # Spotify never asked
+
+    monkeypatch.setenv("SPOTIPY_CLIENT_ID", CLIENT_ID)
+    monkeypatch.setenv("SPOTIPY_CLIENT_SECRET", "wrong-secret")
+    settings = CrawlSettings(spotify_token_url=f"{server}/api/token", spotify_api=f"{server}/v1/", min_interval_s=0)
+    crawl(pd.DataFrame({"item_id": ["y"], "album_id": [ALBUMS[0]]}), tmp_path / "bad", ["cover"], settings, progress=False)
+    status = pd.read_csv(tmp_path / "bad" / "crawl_status.csv")
+    assert status["status"].tolist() == ["failed"] and "invalid_client" in status["detail"][0]
+    assert FakeMusicApi.requests["/api/token"] == 1  # wrong credentials are not retried
