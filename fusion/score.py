@@ -47,7 +47,8 @@ class TrackScorer:
 
     @property
     def modalities(self) -> list[str]:
-        return [name for name, present in (("cover", self.cover_model), ("audio", self.audio_checkpoint)) if present]
+        return [name for name, part in (("cover", self.cover_model), ("audio", self.audio_checkpoint))
+                if part is not None]
 
 
 def load_track_scorer(model_dir: str | Path) -> TrackScorer:
