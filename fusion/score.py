@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -305,8 +306,6 @@ def score_table(input_csv: str | Path, model_dir: str | Path, output_csv: str | 
 
     Returns a summary: rows in the shard, rows written now, rows skipped as done, statuses, seconds.
     """
-    import time
-
     index, count = parse_shard(shard)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -324,7 +323,8 @@ def score_table(input_csv: str | Path, model_dir: str | Path, output_csv: str | 
             raise ValueError(f"{output_csv} was written by a different run ({previous}); "
                              "give another output path or delete it")
         _drop_partial_last_line(output_csv)
-        done = set(pd.read_csv(output_csv, usecols=["row"])["row"].astype(int))
+        if output_csv.stat().st_size:
+            done = set(pd.read_csv(output_csv, usecols=["row"])["row"].astype(int))
     output_csv.parent.mkdir(parents=True, exist_ok=True)
     record_path.write_text(json.dumps(run_record, indent=2))
     todo = mine[~mine["row"].isin(done)]

@@ -117,6 +117,18 @@ def test_scoring_keeps_every_row_and_resumes(main_job_run, covers_loaded, data_r
     assert [set(s["row"] % 3) for s in shards] == [{0}, {1}, {2}]
 
 
+def test_half_written_lines_are_cut(tmp_path):
+    from fusion.score import _drop_partial_last_line
+
+    output = tmp_path / "scores.csv"
+    output.write_bytes(b"row,status\n0,ok\n1,o")
+    _drop_partial_last_line(output)
+    assert output.read_bytes() == b"row,status\n0,ok\n"
+    output.write_bytes(b"row,sta")  # killed while writing the header
+    _drop_partial_last_line(output)
+    assert output.read_bytes() == b""
+
+
 def test_bad_shard_and_model_folder_are_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="shard"):
         parse_shard("3/3")
