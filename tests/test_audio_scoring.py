@@ -14,7 +14,10 @@ SR = 22050
 
 
 def _write_synthetic_gtzan(folder: Path) -> None:
-    """Three 'genres' a CNN separates easily: low tones, high tones, noise bursts (30.1 s each)."""
+    """Three 'genres' a small CNN separates by local texture (its global pooling discards pitch):
+    steady tones, tones gated at 8 Hz, noise bursts (30.1 s each). A background hiss whose level
+    changes every second makes each 3-second segment score differently, so that a scorer that
+    windowed or averaged clips unlike training would not match it."""
     rng = np.random.default_rng(0)
     t = np.arange(int(30.1 * SR)) / SR
     for genre in ("classical", "jazz", "rock"):
@@ -23,9 +26,11 @@ def _write_synthetic_gtzan(folder: Path) -> None:
             if genre == "classical":
                 y = np.sin(2 * np.pi * rng.uniform(100, 300) * t)
             elif genre == "jazz":
-                y = np.sin(2 * np.pi * rng.uniform(2000, 4000) * t)
+                y = np.sin(2 * np.pi * rng.uniform(100, 300) * t) * (np.sin(2 * np.pi * 8 * t) > 0)
             else:
                 y = rng.standard_normal(len(t)) * (np.sin(2 * np.pi * 2 * t) > 0)
+            hiss_level = np.repeat(rng.uniform(0.0, 0.3, size=31), SR)[: len(t)]
+            y = y + hiss_level * rng.standard_normal(len(t))
             sf.write(folder / genre / f"{genre}.{k:05d}.wav", (0.3 * y).astype(np.float32), SR)
 
 
@@ -38,7 +43,7 @@ def trained_run(tmp_path_factory):
         [sys.executable, str(ROOT / "scripts" / "run.py"), f"paths.root_dir={base}", "trainer.progress=false",
          "branches=[audio]", "audio=mel_cnn", "labels=gtzan3", "split=random",
          f"audio.data.loader.audio_dir={base / 'audio'}",
-         "audio.trainer.max_epochs=3", "split.val_fraction=0.15", "audio.model.channels=[4,8]", "audio.n_jobs=1"],
+         "audio.trainer.max_epochs=6", "audio.trainer.lr=0.01", "split.val_fraction=0.15", "audio.model.channels=[4,8]", "audio.n_jobs=1"],
         capture_output=True, text=True, timeout=300, cwd=base,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -73,6 +78,8 @@ def test_scoring_a_folder_matches_the_training_pipeline(trained_run, tmp_path):
     scores["item_id"] = scores["audio_path"].map(lambda p: Path(p).stem)
     held_out = pd.read_csv(audio_run / "predictions.csv").merge(scores, on="item_id", suffixes=("", "_scored"))
     assert len(held_out) > 0
+    # float32 convolutions may round differently with the batch a window lands in (3.6e-5 seen on
+    # one CI host); scoring one segment fewer per clip moves these probabilities by 2e-2.
     for label in ("classical", "jazz", "rock"):
-        np.testing.assert_allclose(held_out[f"p_{label}"], held_out[f"p_{label}_scored"].astype(float), atol=1e-5)
+        np.testing.assert_allclose(held_out[f"p_{label}"], held_out[f"p_{label}_scored"].astype(float), atol=2e-4)
     assert (held_out["predicted"] == held_out["predicted_scored"]).all()

@@ -97,7 +97,8 @@ def test_scoring_keeps_every_row_and_resumes(main_job_run, covers_loaded, data_r
 
     head = joblib.load(run_dir / "fusion" / "fusion_head.joblib")["head"]
     fused = head.predict_proba(probabilities.iloc[[0]].to_numpy(float), probabilities.iloc[[1]].to_numpy(float))
-    np.testing.assert_allclose(probabilities.iloc[2].to_numpy(float), fused[0], atol=1e-5)
+    # Rows 0-2 go through the branches in different batches, where float32 may round differently.
+    np.testing.assert_allclose(probabilities.iloc[2].to_numpy(float), fused[0], atol=2e-4)
 
     # Killed during the third batch: the resumed file equals the uninterrupted one.
     resumed = tmp_path / "resumed.csv"
