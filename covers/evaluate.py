@@ -41,7 +41,8 @@ def evaluate_cover_model(checkpoint_path: str | Path, covers_csv: str | Path, ou
                          device: str = "auto", progress: bool = True) -> dict[str, Any]:
     """Score every cover of ``covers_csv`` whose genre is in the model's label set; write the report.
 
-    ``out_dir`` receives ``metrics.json``, ``report.txt``, ``confusion.png`` and
+    ``out_dir`` receives ``metrics.json``, ``report.txt``, ``confusion.png``, ``predictions.csv``
+    (each cover's row with its predicted genre and ``p_<class>`` probabilities) and
     ``cover_problems.csv`` (rows and covers that could not be used). Returns the metrics.
     """
     out_dir = Path(out_dir)
@@ -61,5 +62,8 @@ def evaluate_cover_model(checkpoint_path: str | Path, covers_csv: str | Path, ou
     write_report(out_dir, metrics, title=f"{Path(checkpoint_path)} on {covers_csv}",
                  extra={"checkpoint": str(checkpoint_path), "covers_csv": str(covers_csv), "label_filter": counts,
                         "cover_problems": len(problems)})
-    kept.assign(predicted=[labels[i] for i in proba.argmax(1)]).to_csv(out_dir / "predictions.csv", index=False)
+    predictions = kept.assign(predicted=[labels[i] for i in proba.argmax(1)])
+    for i, label in enumerate(labels):
+        predictions[f"p_{label}"] = proba[:, i]
+    predictions.to_csv(out_dir / "predictions.csv", index=False)
     return metrics

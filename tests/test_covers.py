@@ -166,6 +166,11 @@ def test_checkpoint_evaluation_reproduces_training_metrics(covers_loaded, bad_co
     assert evaluated["n"] == trained["n"]
     assert evaluated["confusion"] == trained["confusion"]
     assert evaluated["accuracy"] == trained["accuracy"]
+    scored = pd.read_csv(tmp_path / "eval" / "predictions.csv")
+    held_out = pd.read_csv(run / "predictions.csv").merge(scored, on="item_id", suffixes=("", "_evaluated"))
+    assert len(held_out) == trained["n"]
+    for label in ("rap", "country", "pop"):
+        np.testing.assert_allclose(held_out[f"p_{label}"], held_out[f"p_{label}_evaluated"], atol=2e-4)
 
 
 def test_grad_cam_maps_and_probabilities_match_the_model():
