@@ -1,8 +1,12 @@
-"""Fetch album covers (Spotify, by album id) and 30-second previews (Spotify, else Deezer search).
+"""Fetch album covers, 30-second previews and genre tags for an item table.
 
+Covers come from Spotify by album id, else from the Cover Art Archive for the MusicBrainz release
+linked to that Spotify album; previews from Spotify's ``preview_url``, else a Deezer search by
+artist + title; genre tags (kind ``tags``) from that MusicBrainz release and its release group.
 Spotify is reached through spotipy with client credentials read from the environment
 (``SPOTIPY_CLIENT_ID`` / ``SPOTIPY_CLIENT_SECRET``); they are never put in a config, a status
-row or a log line, and the token stays in memory. Deezer is reached through deezer-python.
+row or a log line, and the token stays in memory. Without them, covers come from MusicBrainz
+alone and previews from Deezer alone. Deezer is reached through deezer-python.
 
 Robustness, per request: HTTP 429 waits for ``Retry-After`` (capped), 5xx, time-outs, dropped
 connections and truncated or unparsable bodies back off exponentially and retry. Per item:
@@ -20,8 +24,9 @@ import json
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
@@ -37,6 +42,8 @@ logging.getLogger("spotipy").setLevel(logging.INFO)
 T = TypeVar("T")
 STATUS_COLUMNS = ["item_id", "kind", "status", "source", "path", "bytes", "detail", "time"]
 CREDENTIAL_VARIABLES = ("SPOTIPY_CLIENT_ID", "SPOTIPY_CLIENT_SECRET")
+KINDS = ("cover", "preview", "tags")
+SPOTIFY_ALBUM_LINK = "https://open.spotify.com/album/{}"
 
 
 class Unavailable(Exception):
@@ -54,6 +61,10 @@ class CrawlSettings:
     spotify_api: str = "https://api.spotify.com/v1/"
     spotify_token_url: str = "https://accounts.spotify.com/api/token"
     deezer_api: str = "https://api.deezer.com"
+    musicbrainz_api: str = "https://musicbrainz.org/ws/2/"
+    coverart_api: str = "https://coverartarchive.org/"
+    #: MusicBrainz asks every client for a User-Agent naming the application and a contact.
+    user_agent: str = "genrefusion/0.1.0 ( research crawler; no contact given )"
     timeout_s: float = 10.0
     max_attempts: int = 6
     backoff_s: float = 1.0
@@ -62,7 +73,10 @@ class CrawlSettings:
     retry_after_max_s: float = 120.0
     #: Least time between two requests to the same service.
     min_interval_s: float = 0.1
+    #: MusicBrainz allows one request a second per client.
+    musicbrainz_min_interval_s: float = 1.0
     deezer_fallback: bool = True
+    musicbrainz: bool = True
 
 
 class Retrier:
@@ -114,7 +128,7 @@ def _transient_delay(error: Exception, attempt: int, settings: CrawlSettings) ->
         code = (error.json_data.get("error") or {}).get("code")
         return backoff if code == 4 else None  # 4: Deezer's "quota exceeded"
     elif isinstance(error, (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
-                            httpx.TransportError, json.JSONDecodeError, TruncatedResponse, SpotifyOauthError)):
+                            requests.exceptions.InvalidJSONError, httpx.TransportError, json.JSONDecodeError, TruncatedResponse, SpotifyOauthError)):
         return backoff
     if status == 429:
         retry_after = headers.get("Retry-After") or headers.get("retry-after")
@@ -208,6 +222,70 @@ class DeezerSource:
         return self.retry(search, f"deezer search {artist} – {title}")
 
 
+class MusicBrainzSource:
+    """Releases linked to Spotify albums, their genre tags, and their Cover Art Archive front covers.
+
+    Plain HTTP through the crawler's :class:`Retrier`, not musicbrainzngs: that client retries
+    inside itself (ignoring ``Retry-After``), sets no time-out and keeps its settings module-global.
+    """
+
+    #: Spotify album links per URL lookup (the web service takes up to 100 ``resource`` values).
+    batch = 100
+
+    def __init__(self, settings: CrawlSettings, session: requests.Session, retry: Retrier) -> None:
+        self.api = settings.musicbrainz_api.rstrip("/") + "/"
+        self.coverart = settings.coverart_api.rstrip("/") + "/"
+        self.session, self.retry, self.timeout_s = session, retry, settings.timeout_s
+        self.headers = {"User-Agent": settings.user_agent, "Accept": "application/json"}
+        self._releases: dict[str, str | None] = {}
+
+    def _json(self, path: str, params: dict[str, Any], what: str) -> dict | None:
+        """The decoded answer, or ``None`` for 404 (nothing of that name)."""
+        def call() -> dict | None:
+            response = self.session.get(self.api + path, params={**params, "fmt": "json"}, headers=self.headers,
+                                        timeout=self.timeout_s)
+            if response.status_code == 404:
+                return None
+            response.raise_for_status()
+            return response.json()
+        return self.retry(call, what)
+
+    def release_ids(self, album_ids: list[str]) -> dict[str, str | None]:
+        """``album_id → MusicBrainz release id`` linked to ``open.spotify.com/album/<id>`` (``None``: no link)."""
+        ask = [a for a in dict.fromkeys(album_ids) if a not in self._releases]
+        for start in range(0, len(ask), self.batch):
+            chunk = ask[start:start + self.batch]
+            links = {SPOTIFY_ALBUM_LINK.format(a): a for a in chunk}
+            answer = self._json("url", {"resource": list(links), "inc": "release-rels"},
+                                f"musicbrainz url lookup {chunk[0]}…") or {}
+            # One resource is answered with the URL entity itself, several with a list of them.
+            entities = answer.get("urls", [answer] if "resource" in answer else [])
+            found = {}
+            for entity in entities:
+                releases = [r["release"]["id"] for r in entity.get("relations", [])
+                            if r.get("target-type") == "release" and r.get("release")]
+                if entity.get("resource") in links and releases:
+                    found[links[entity["resource"]]] = releases[0]
+            self._releases.update({a: found.get(a) for a in chunk})
+        return {a: self._releases[a] for a in album_ids}
+
+    def genres(self, release_id: str) -> list[str]:
+        """Genre names of the release and its release group, most votes first."""
+        answer = self._json(f"release/{release_id}", {"inc": "genres release-groups"},
+                            f"musicbrainz release {release_id}")
+        if answer is None:
+            raise Unavailable(f"MusicBrainz has no release {release_id}")
+        votes: Counter[str] = Counter()
+        for entity in (answer, answer.get("release-group") or {}):
+            for genre in entity.get("genres") or []:
+                votes[genre["name"]] += int(genre.get("count") or 0)
+        return sorted(votes, key=lambda name: (-votes[name], name))
+
+    def cover_url(self, release_id: str) -> str:
+        """The Cover Art Archive's 500-pixel front cover of a release (404, hence unavailable, when it has none)."""
+        return f"{self.coverart}release/{release_id}/front-500"
+
+
 def download(session: requests.Session, url: str, target: Path, verify: Callable[[Path], None],
              retry: Retrier, timeout_s: float) -> int:
     """Fetch ``url`` into ``target`` atomically (temporary name, check, rename); returns bytes written.
@@ -296,43 +374,62 @@ def _suffix(url: str, default: str) -> str:
 
 def crawl(items: pd.DataFrame, out_dir: str | Path, kinds: Iterable[str] = ("cover", "preview"),
           settings: CrawlSettings | None = None, progress: bool = True) -> pd.DataFrame:
-    """Fetch covers and/or previews for the item table from :mod:`data.musicoset` into ``out_dir``.
+    """Fetch covers, previews and/or genre tags for the item table from :mod:`data.musicoset` into ``out_dir``.
 
-    Uses ``item_id`` and, where present, ``album_id`` / ``cover_url`` (covers; a filled
-    ``cover_url`` is fetched without asking Spotify) and ``track_id``, ``track_title``,
+    Uses ``item_id`` and, where present, ``album_id`` / ``cover_url`` (covers and tags; a filled
+    ``cover_url`` is fetched without asking anyone) and ``track_id``, ``track_title``,
     ``artist_names`` (previews). An item with nothing to go on is recorded ``unavailable``. Returns
-    the item table with ``cover_path`` / ``audio_path`` filled for what is on disk, and writes it
-    to ``out_dir/items.csv``.
+    the item table with ``cover_path`` / ``audio_path`` filled for what is on disk and, with
+    ``tags``, ``mb_release_id`` and ``mb_genres`` (``|``-joined, most votes first); writes it to
+    ``out_dir/items.csv``.
     """
     settings = settings or CrawlSettings()
     out_dir = Path(out_dir).resolve()  # absolute paths in the item table, wherever it is read from
     kinds = list(kinds)
+    if unknown := set(kinds) - set(KINDS):
+        raise ValueError(f"unknown kinds {sorted(unknown)}; choose from {list(KINDS)}")
     if "item_id" not in items.columns:
         raise ValueError(f"the item table needs an item_id column; it has {list(items.columns)}")
     items = items.fillna("").astype(str).reset_index(drop=True)
     for column in ("album_id", "cover_url", "track_id", "track_title", "artist_names"):
         if column not in items.columns:
             items[column] = ""
-    status = StatusTable(out_dir / "crawl_status.csv")
     session = requests.Session()
+    session.headers["User-Agent"] = settings.user_agent
     retry = Retrier(settings)
     deezer = DeezerSource(settings, Retrier(settings)) if settings.deezer_fallback else None
-    have_credentials = all(os.environ.get(name) for name in CREDENTIAL_VARIABLES)
-    # Previews alone can come from Deezer: Spotify credentials are then optional.
-    deezer_only = kinds == ["preview"] and deezer is not None and not have_credentials
-    spotify = None if deezer_only else SpotifySource(settings, session, retry)
-    if deezer_only:
-        log.info("no Spotify credentials: previews from Deezer search only")
+    musicbrainz = None
+    if settings.musicbrainz:
+        musicbrainz = MusicBrainzSource(settings, session,
+                                        Retrier(replace(settings, min_interval_s=settings.musicbrainz_min_interval_s)))
+    elif "tags" in kinds:
+        raise ValueError("genre tags come from MusicBrainz, which these settings turn off")
+    spotify = None
+    if all(os.environ.get(name) for name in CREDENTIAL_VARIABLES):
+        spotify = SpotifySource(settings, session, retry)
+    elif ("cover" in kinds and musicbrainz is None) or ("preview" in kinds and deezer is None):
+        _credentials()  # raises, naming the variables to set
+    else:
+        log.warning("no Spotify credentials: covers from MusicBrainz / Cover Art Archive only, previews from "
+                    "Deezer search only")
+    status = StatusTable(out_dir / "crawl_status.csv")
     try:
         if "cover" in kinds:
-            _crawl_covers(items, out_dir, status, spotify, session, retry, settings, progress)
+            _crawl_covers(items, out_dir, status, spotify, musicbrainz, session, retry, settings, progress)
         if "preview" in kinds:
             _crawl_previews(items, out_dir, status, spotify, deezer, session, retry, settings, progress)
+        if "tags" in kinds:
+            _crawl_tags(items, out_dir, status, musicbrainz, progress)
     finally:
         status.close()
     for kind, column in (("cover", "cover_path"), ("preview", "audio_path")):
         items[column] = [row["path"] if (row := status.latest.get((i, kind))) and row["status"] == "ok" else ""
                          for i in items["item_id"]]
+    if "tags" in kinds:
+        tags = [_read_tags(row["path"]) if (row := status.latest.get((i, "tags"))) and row["status"] == "ok" else {}
+                for i in items["item_id"]]
+        items["mb_release_id"] = [t.get("release_id", "") for t in tags]
+        items["mb_genres"] = ["|".join(t.get("genres", [])) for t in tags]
     items.to_csv(out_dir / "items.csv", index=False)
     return items
 
@@ -357,21 +454,76 @@ def _file_stem(row: pd.Series, id_column: str) -> str:
     return row[id_column] or hashlib.sha1(row["item_id"].encode()).hexdigest()[:16]
 
 
-def _crawl_covers(items, out_dir, status, spotify, session, retry, settings, progress) -> None:
+def _crawl_covers(items, out_dir, status, spotify, musicbrainz, session, retry, settings, progress) -> None:
     todo = items[~items["item_id"].map(lambda i: status.done(i, "cover"))]
-    given = todo["cover_url"] if "cover_url" in todo.columns else pd.Series("", index=todo.index)
+    given = todo["cover_url"]
     ask = todo.loc[(given == "") & (todo["album_id"] != ""), "album_id"].drop_duplicates().tolist()
-    urls: dict[str, str | None] = {}
+    spotify_urls: dict[str, str | None] = {}
     try:
-        urls = spotify.cover_urls(ask) if ask else {}
+        spotify_urls = spotify.cover_urls(ask) if ask and spotify is not None else {}
     except Exception as error:  # noqa: BLE001 — the lookup failing leaves every item retryable
         for item_id in todo["item_id"]:
             status.record(item_id, "cover", "failed", "spotify", detail=f"album lookup: {type(error).__name__}: {error}")
         return
+    releases: dict[str, str | None] = {}
+    if musicbrainz is not None and (missing := [a for a in ask if not spotify_urls.get(a)]):
+        try:
+            releases = musicbrainz.release_ids(missing)
+        except Exception as error:  # noqa: BLE001 — Spotify's covers are still fetched
+            log.warning("MusicBrainz lookup failed (%s); covers Spotify lacks are left for the next run", error)
+            releases = {a: "" for a in missing}  # "": unknown for now, not "no release" (None)
     for index, row in tqdm(todo.iterrows(), total=len(todo), desc="covers", disable=not progress):
-        url = given[index] or urls.get(row["album_id"])
-        _fetch_one(row["item_id"], "cover", url, "spotify", out_dir / "covers" / f"{_file_stem(row, 'album_id')}.jpg",
+        url, source = given[index] or spotify_urls.get(row["album_id"]), "spotify"
+        if not url and row["album_id"] in releases:
+            release = releases[row["album_id"]]
+            source = "coverartarchive" if release else "musicbrainz"
+            if release == "":
+                status.record(row["item_id"], "cover", "failed", "musicbrainz", detail="release lookup failed")
+                continue
+            url = musicbrainz.cover_url(release) if release else None
+        _fetch_one(row["item_id"], "cover", url, source, out_dir / "covers" / f"{_file_stem(row, 'album_id')}.jpg",
                    verify_cover, status, session, retry, settings)
+
+
+def _crawl_tags(items, out_dir, status, musicbrainz, progress) -> None:
+    todo = items[~items["item_id"].map(lambda i: status.done(i, "tags"))]
+    albums = todo["album_id"][todo["album_id"] != ""].drop_duplicates().tolist()
+    try:
+        releases = musicbrainz.release_ids(albums) if albums else {}
+    except Exception as error:  # noqa: BLE001 — every item stays retryable
+        for item_id in todo["item_id"]:
+            status.record(item_id, "tags", "failed", "musicbrainz", detail=f"url lookup: {type(error).__name__}: {error}")
+        return
+    for _, row in tqdm(todo.iterrows(), total=len(todo), desc="genre tags", disable=not progress):
+        release = releases.get(row["album_id"])
+        if not release:
+            status.record(row["item_id"], "tags", "unavailable", "musicbrainz",
+                          detail="no MusicBrainz release links this Spotify album" if row["album_id"] else "no album_id")
+            continue
+        try:
+            record = {"album_id": row["album_id"], "release_id": release, "genres": musicbrainz.genres(release)}
+            target = out_dir / "tags" / f"{_file_stem(row, 'album_id')}.json"
+            size = _write_atomically(target, json.dumps(record, ensure_ascii=False).encode())
+            status.record(row["item_id"], "tags", "ok", "musicbrainz", str(target), size)
+        except Unavailable as error:
+            status.record(row["item_id"], "tags", "unavailable", "musicbrainz", detail=str(error))
+        except Exception as error:  # noqa: BLE001 — recorded, retried next run
+            status.record(row["item_id"], "tags", "failed", "musicbrainz", detail=f"{type(error).__name__}: {error}")
+
+
+def _write_atomically(target: Path, content: bytes) -> int:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(f".{target.name}.part-{os.getpid()}")
+    try:
+        temporary.write_bytes(content)
+        os.replace(temporary, target)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return len(content)
+
+
+def _read_tags(path: str) -> dict:
+    return json.loads(Path(path).read_text())
 
 
 def _crawl_previews(items, out_dir, status, spotify, deezer, session, retry, settings, progress) -> None:

@@ -1,7 +1,8 @@
-"""The crawler against a local server shaped like Spotify's and Deezer's APIs, with injected faults.
+"""The crawler against a local server shaped like Spotify's, Deezer's and MusicBrainz's APIs, with injected faults.
 
 spotipy and deezer-python are pointed at 127.0.0.1 (not mocked): the server answers the token
-call, /v1/albums, /v1/tracks and Deezer's /search, serves covers and previews, and injects 429s
+call, /v1/albums, /v1/tracks, Deezer's /search, MusicBrainz's /ws/2/url and /ws/2/release and the
+Cover Art Archive's front-cover redirects, serves covers and previews, and injects 429s
 with Retry-After, 5xx, slow answers, truncated bodies and a quota error. The first crawl is
 killed mid-way; the second must finish every reachable item without fetching a finished one again.
 """
@@ -32,6 +33,11 @@ CLIENT_ID, CLIENT_SECRET = "test-client-id", "s3cr3t-never-logged"
 ALBUMS = [f"album{i:02d}".ljust(22, "x") for i in range(1, 9)]
 TRACKS = [f"track{i:02d}".ljust(22, "y") for i in range(1, 9)]
 UNKNOWN_ALBUM, CORRUPT_COVER, NO_PREVIEW, SPOTIFY_PREVIEW = ALBUMS[6], ALBUMS[7], TRACKS[5], TRACKS[0]
+#: MusicBrainz releases linked to Spotify albums; the third has no front cover in the Cover Art Archive.
+RELEASES = {ALBUMS[0]: "0000aaaa-0000-4000-8000-000000000001", ALBUMS[1]: "0000aaaa-0000-4000-8000-000000000002",
+            ALBUMS[2]: "0000aaaa-0000-4000-8000-000000000003"}
+NO_FRONT_COVER = RELEASES[ALBUMS[2]]
+USER_AGENT = "genrefusion-tests/1.0 ( tests@example.org )"
 
 
 def _jpeg(seed: int) -> bytes:
@@ -51,6 +57,7 @@ class FakeMusicApi(BaseHTTPRequestHandler):
     files: dict[str, bytes] = {}
     faults: dict[str, list[str]] = {}
     requests: Counter = Counter()
+    musicbrainz_times: list[float] = []
     lock = threading.Lock()
 
     def log_message(self, *args) -> None:  # keep pytest output clean
@@ -106,10 +113,29 @@ class FakeMusicApi(BaseHTTPRequestHandler):
         with self.lock:
             self.requests[url.path] += 1
         base = f"http://127.0.0.1:{self.server.server_port}"
+        if url.path.startswith("/ws/2/"):
+            with self.lock:
+                self.musicbrainz_times.append(time.monotonic())
         if url.path.startswith("/v1/") and self.headers.get("Authorization") != "Bearer token-abc":
             self._send(401, b'{"error": {"status": 401, "message": "no token"}}')
+        elif url.path.startswith(("/ws/2/", "/coverart/")) and self.headers.get("User-Agent") != USER_AGENT:
+            self._send(403, b'{"error": "say who you are in the User-Agent"}')
         elif self._fault(url.path):
             return
+        elif url.path == "/ws/2/url":
+            self._musicbrainz_urls(query["resource"])
+        elif url.path.startswith("/ws/2/release/"):
+            release = url.path.rsplit("/", 1)[1]
+            genres = {"id": release, "genres": [{"name": "hip hop", "count": 3}],
+                      "release-group": {"id": "rg-" + release, "genres": [{"name": "trap", "count": 4},
+                                                                          {"name": "hip hop", "count": 2}]}}
+            self._send(200, json.dumps(genres).encode()) if release in RELEASES.values() else self._send(404, b"{}")
+        elif url.path.startswith("/coverart/release/") and url.path.endswith("/front-500"):
+            release = url.path.split("/")[3]
+            if release in RELEASES.values() and release != NO_FRONT_COVER:
+                self._send(307, b"", "text/plain", headers={"Location": f"{base}/image/mb-{release}.jpg"})
+            else:
+                self._send(404, b"not found", "text/plain")
         elif url.path == "/v1/albums":
             albums = [None if a == UNKNOWN_ALBUM else
                       {"id": a, "images": [{"url": f"{base}/image/{a}-small.jpg", "width": 64},
@@ -134,11 +160,24 @@ class FakeMusicApi(BaseHTTPRequestHandler):
             self._send(404, b'{"error": {"status": 404, "message": "not found"}}')
 
 
+    def _musicbrainz_urls(self, resources: list[str]) -> None:
+        linked = {f"https://open.spotify.com/album/{a}": r for a, r in RELEASES.items()}
+        entities = [{"id": f"url-{i}", "resource": link,
+                     "relations": [{"type": "free streaming", "target-type": "release",
+                                    "release": {"id": linked[link], "title": "An album"}}]}
+                    for i, link in enumerate(resources) if link in linked]
+        if len(resources) == 1:  # one resource: the URL entity itself, or 404
+            self._send(200, json.dumps(entities[0]).encode()) if entities else self._send(404, b'{"error": "Not Found"}')
+        else:
+            self._send(200, json.dumps({"url-count": len(entities), "url-offset": 0, "urls": entities}).encode())
+
+
 @pytest.fixture()
 def server():
     FakeMusicApi.files = {f"/image/{a}.jpg": _jpeg(i) for i, a in enumerate(ALBUMS)}
     FakeMusicApi.files[f"/image/{CORRUPT_COVER}.jpg"] = b"<html>not an image</html>"
     FakeMusicApi.files.update({f"/preview/{t}.mp3": _mp3(220 + 40 * i) for i, t in enumerate(TRACKS)})
+    FakeMusicApi.files.update({f"/image/mb-{r}.jpg": _jpeg(100 + i) for i, r in enumerate(RELEASES.values())})
     FakeMusicApi.faults = {
         "/v1/albums": ["429"], "/v1/tracks": ["truncate", "500"], "/search": ["429", "quota"],
         f"/image/{ALBUMS[0]}.jpg": ["429"], f"/image/{ALBUMS[1]}.jpg": ["500", "503"],
@@ -146,6 +185,7 @@ def server():
         f"/preview/{TRACKS[1]}.mp3": ["truncate"], f"/preview/{TRACKS[2]}.mp3": ["slow"],
     }
     FakeMusicApi.requests = Counter()
+    FakeMusicApi.musicbrainz_times = []
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), FakeMusicApi)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
@@ -156,7 +196,9 @@ def server():
 def _command(items_csv: Path, out: Path, base: str) -> list[str]:
     return [sys.executable, str(ROOT / "scripts" / "crawl.py"), str(items_csv), "--out", str(out),
             "--spotify-api", f"{base}/v1/", "--spotify-token-url", f"{base}/api/token", "--deezer-api", base,
-            "--timeout", "0.5", "--backoff", "0.05", "--min-interval", "0", "--no-progress"]
+            "--musicbrainz-api", f"{base}/ws/2/", "--coverart-api", f"{base}/coverart/", "--user-agent", USER_AGENT,
+            "--timeout", "0.5", "--backoff", "0.05", "--min-interval", "0", "--musicbrainz-min-interval", "0",
+            "--no-progress"]
 
 
 def _latest(out: Path) -> pd.DataFrame:
@@ -245,7 +287,8 @@ def test_missing_credentials_is_a_clear_error_unless_previews_come_from_deezer(s
     monkeypatch.delenv("SPOTIPY_CLIENT_ID", raising=False)
     monkeypatch.delenv("SPOTIPY_CLIENT_SECRET", raising=False)
     with pytest.raises(RuntimeError, match="SPOTIPY_CLIENT_ID and SPOTIPY_CLIENT_SECRET"):
-        crawl(pd.DataFrame({"item_id": ["a"], "album_id": ["b"], "track_id": [""]}), tmp_path)
+        crawl(pd.DataFrame({"item_id": ["a"], "album_id": ["b"], "track_id": [""]}), tmp_path,
+              settings=CrawlSettings(musicbrainz=False))  # covers would have no source
     FakeMusicApi.faults = {}
     settings = CrawlSettings(deezer_api=server, spotify_api=f"{server}/v1/", timeout_s=2, min_interval_s=0)
     items = pd.DataFrame({"item_id": ["x"], "track_id": [TRACKS[3]], "track_title": ["Song 4"], "artist_names": ["A"]})
@@ -260,3 +303,42 @@ def test_missing_credentials_is_a_clear_error_unless_previews_come_from_deezer(s
     status = pd.read_csv(tmp_path / "bad" / "crawl_status.csv")
     assert status["status"].tolist() == ["failed"] and "invalid_client" in status["detail"][0]
     assert FakeMusicApi.requests["/api/token"] == 1  # wrong credentials are not retried
+
+
+def test_musicbrainz_gives_covers_and_genre_tags_without_spotify(server, tmp_path, monkeypatch):
+    from data.crawl import CrawlSettings, crawl
+
+    monkeypatch.delenv("SPOTIPY_CLIENT_ID", raising=False)
+    monkeypatch.delenv("SPOTIPY_CLIENT_SECRET", raising=False)
+    FakeMusicApi.faults = {"/ws/2/url": ["503"], f"/ws/2/release/{RELEASES[ALBUMS[0]]}": ["429"],
+                           f"/ws/2/release/{RELEASES[ALBUMS[1]]}": ["truncate"],
+                           f"/coverart/release/{RELEASES[ALBUMS[1]]}/front-500": ["500"]}
+    settings = CrawlSettings(musicbrainz_api=f"{server}/ws/2/", coverart_api=f"{server}/coverart/",
+                             user_agent=USER_AGENT, timeout_s=2, backoff_s=0.05, min_interval_s=0,
+                             musicbrainz_min_interval_s=0.2)
+    items = pd.DataFrame({"item_id": [f"musicoset:{a}" for a in ALBUMS[:4]] + ["no-album"],
+                          "album_id": ALBUMS[:4] + [""]})
+    crawled = crawl(items, tmp_path, kinds=["cover", "tags"], settings=settings, progress=False)
+
+    latest = _latest(tmp_path)
+    for album in ALBUMS[:2]:
+        cover = latest.loc[(f"musicoset:{album}", "cover")]
+        assert cover["status"] == "ok" and cover["source"] == "coverartarchive"
+        assert Path(cover["path"]).read_bytes() == FakeMusicApi.files[f"/image/mb-{RELEASES[album]}.jpg"]
+    assert latest.loc[(f"musicoset:{ALBUMS[2]}", "cover"), "status"] == "unavailable"  # release without art
+    assert latest.loc[(f"musicoset:{ALBUMS[3]}", "cover"), "status"] == "unavailable"  # no linked release
+    assert latest.loc[("no-album", "cover"), "status"] == latest.loc[("no-album", "tags"), "status"] == "unavailable"
+    by_item = crawled.set_index("item_id")
+    for album in ALBUMS[:3]:
+        assert by_item.loc[f"musicoset:{album}", "mb_release_id"] == RELEASES[album]
+        assert by_item.loc[f"musicoset:{album}", "mb_genres"] == "hip hop|trap"  # 3 + 2 votes, then 4
+    assert by_item.loc[f"musicoset:{ALBUMS[3]}", "mb_genres"] == ""
+    assert not any(FakeMusicApi.faults.values())  # every injected fault was met, and retried past
+    assert FakeMusicApi.requests["/ws/2/url"] == 2  # one batched lookup (after a 503), shared by covers and tags
+    gaps = np.diff(FakeMusicApi.musicbrainz_times)
+    assert len(gaps) >= 5 and gaps.min() >= 0.19  # MusicBrainz asks for requests spaced out
+
+    before = Counter(FakeMusicApi.requests)
+    crawl(items, tmp_path, kinds=["cover", "tags"], settings=settings, progress=False)
+    assert FakeMusicApi.requests == before  # nothing asked or fetched again
+    assert not [p for p in tmp_path.rglob("*") if ".part-" in p.name]
