@@ -128,7 +128,8 @@ def _transient_delay(error: Exception, attempt: int, settings: CrawlSettings) ->
         code = (error.json_data.get("error") or {}).get("code")
         return backoff if code == 4 else None  # 4: Deezer's "quota exceeded"
     elif isinstance(error, (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
-                            requests.exceptions.InvalidJSONError, httpx.TransportError, json.JSONDecodeError, TruncatedResponse, SpotifyOauthError)):
+                            requests.exceptions.InvalidJSONError, httpx.TransportError, json.JSONDecodeError,
+                            TruncatedResponse, SpotifyOauthError)):
         return backoff
     if status == 429:
         retry_after = headers.get("Retry-After") or headers.get("retry-after")
@@ -492,13 +493,14 @@ def _crawl_tags(items, out_dir, status, musicbrainz, progress) -> None:
         releases = musicbrainz.release_ids(albums) if albums else {}
     except Exception as error:  # noqa: BLE001 — every item stays retryable
         for item_id in todo["item_id"]:
-            status.record(item_id, "tags", "failed", "musicbrainz", detail=f"url lookup: {type(error).__name__}: {error}")
+            status.record(item_id, "tags", "failed", "musicbrainz",
+                          detail=f"url lookup: {type(error).__name__}: {error}")
         return
     for _, row in tqdm(todo.iterrows(), total=len(todo), desc="genre tags", disable=not progress):
         release = releases.get(row["album_id"])
         if not release:
-            status.record(row["item_id"], "tags", "unavailable", "musicbrainz",
-                          detail="no MusicBrainz release links this Spotify album" if row["album_id"] else "no album_id")
+            reason = "no MusicBrainz release links this Spotify album" if row["album_id"] else "no album_id"
+            status.record(row["item_id"], "tags", "unavailable", "musicbrainz", detail=reason)
             continue
         try:
             record = {"album_id": row["album_id"], "release_id": release, "genres": musicbrainz.genres(release)}
