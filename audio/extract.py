@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +99,23 @@ def _file_job(audio_path: str, segments: tuple[int, ...], cache_dir: str | None,
     return outcomes
 
 
+_POOLS: dict[int, ProcessPoolExecutor] = {}
+
+
+def _worker_pool(n_jobs: int) -> ProcessPoolExecutor:
+    """A pool of ``n_jobs`` workers kept for the life of the process.
+
+    Batch scoring calls the extractors once per batch; starting workers that import torch and
+    librosa costs seconds each time, so they are started once and reused.
+    """
+    if n_jobs not in _POOLS:
+        # Forked children of a process whose torch/OpenMP threads already ran can deadlock;
+        # fresh "spawn" workers with one thread each avoid that (and oversubscription).
+        _POOLS[n_jobs] = ProcessPoolExecutor(max_workers=n_jobs, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=torch.set_num_threads, initargs=(1,))
+    return _POOLS[n_jobs]
+
+
 def _run(items: pd.DataFrame, job, cache_dir, n_jobs: int, progress: bool) -> tuple[list[int], list[Outcome], pd.DataFrame]:
     segments = items["segment"] if "segment" in items.columns else pd.Series(-1, index=items.index)
     by_file: dict[str, list[int]] = {}
@@ -107,11 +125,11 @@ def _run(items: pd.DataFrame, job, cache_dir, n_jobs: int, progress: bool) -> tu
             for path, rows in by_file.items()]
     bar: dict[str, Any] = {"total": len(jobs), "desc": f"{job.namespace} (audio files)", "disable": not progress}
     if n_jobs > 1 and len(jobs) > 1:
-        # Forked children of a process whose torch/OpenMP threads already ran can deadlock;
-        # fresh "spawn" workers with one thread each avoid that (and oversubscription).
-        with ProcessPoolExecutor(max_workers=n_jobs, mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=torch.set_num_threads, initargs=(1,)) as pool:
-            per_file = list(tqdm(pool.map(_file_job, *zip(*jobs)), **bar))
+        try:
+            per_file = list(tqdm(_worker_pool(n_jobs).map(_file_job, *zip(*jobs)), **bar))
+        except BrokenProcessPool:  # a worker died: the next call starts a fresh pool
+            _POOLS.pop(n_jobs).shutdown(cancel_futures=True)
+            raise
     else:
         per_file = [_file_job(*args) for args in tqdm(jobs, **bar)]
     outcomes: dict[int, Outcome] = {}

@@ -94,3 +94,25 @@ def test_three_second_segments_agree_with_gtzan_segment_table(data_root, tmp_pat
                     for _, row in extracted.iterrows() for c in FEATURE_COLUMNS
                     if not _agrees(row[c], table.loc[row["item_id"] + ".wav", c], c)]
         assert len(extracted) == 10 and failures == []
+
+
+def test_worker_pool_is_kept_between_calls_and_replaced_when_a_worker_dies(lossless_items):
+    import os
+    import signal
+    from concurrent.futures.process import BrokenProcessPool
+
+    from audio import extract
+
+    items = lossless_items.iloc[:2]
+    _, first = extract.extract_log_mels(items, n_jobs=2, progress=False)
+    pool = extract._worker_pool(2)
+    workers = set(pool._processes)
+    extract.extract_log_mels(items, n_jobs=2, progress=False)
+    assert extract._worker_pool(2) is pool and set(pool._processes) == workers  # no new processes started
+
+    os.kill(next(iter(workers)), signal.SIGKILL)
+    with pytest.raises(BrokenProcessPool):
+        extract.extract_log_mels(items, n_jobs=2, progress=False)
+    _, again = extract.extract_log_mels(items, n_jobs=2, progress=False)  # on a fresh pool
+    assert extract._worker_pool(2) is not pool
+    np.testing.assert_array_equal(again, first)
