@@ -380,9 +380,9 @@ def crawl(items: pd.DataFrame, out_dir: str | Path, kinds: Iterable[str] = ("cov
     Uses ``item_id`` and, where present, ``album_id`` / ``cover_url`` (covers and tags; a filled
     ``cover_url`` is fetched without asking anyone) and ``track_id``, ``track_title``,
     ``artist_names`` (previews). An item with nothing to go on is recorded ``unavailable``. Returns
-    the item table with ``cover_path`` / ``audio_path`` filled for what is on disk and, with
-    ``tags``, ``mb_release_id`` and ``mb_genres`` (``|``-joined, most votes first); writes it to
-    ``out_dir/items.csv``.
+    the item table with ``cover_path`` / ``audio_path`` filled for what is on disk and, once tags
+    were crawled into ``out_dir``, ``mb_release_id`` and ``mb_genres`` (``|``-joined, most votes
+    first); writes it to ``out_dir/items.csv``.
     """
     settings = settings or CrawlSettings()
     out_dir = Path(out_dir).resolve()  # absolute paths in the item table, wherever it is read from
@@ -426,7 +426,7 @@ def crawl(items: pd.DataFrame, out_dir: str | Path, kinds: Iterable[str] = ("cov
     for kind, column in (("cover", "cover_path"), ("preview", "audio_path")):
         items[column] = [row["path"] if (row := status.latest.get((i, kind))) and row["status"] == "ok" else ""
                          for i in items["item_id"]]
-    if "tags" in kinds:
+    if any(kind == "tags" for _, kind in status.latest):  # this run's tags or an earlier run's
         tags = [_read_tags(row["path"]) if (row := status.latest.get((i, "tags"))) and row["status"] == "ok" else {}
                 for i in items["item_id"]]
         items["mb_release_id"] = [t.get("release_id", "") for t in tags]

@@ -339,6 +339,8 @@ def test_musicbrainz_gives_covers_and_genre_tags_without_spotify(server, tmp_pat
     assert len(gaps) >= 5 and gaps.min() >= 0.19  # MusicBrainz asks for requests spaced out
 
     before = Counter(FakeMusicApi.requests)
+    again = crawl(items, tmp_path, kinds=["cover"], settings=settings, progress=False)
     crawl(items, tmp_path, kinds=["cover", "tags"], settings=settings, progress=False)
     assert FakeMusicApi.requests == before  # nothing asked or fetched again
+    assert again.set_index("item_id").loc[f"musicoset:{ALBUMS[0]}", "mb_genres"] == "hip hop|trap"  # kept
     assert not [p for p in tmp_path.rglob("*") if ".part-" in p.name]
