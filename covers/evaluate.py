@@ -57,6 +57,9 @@ def evaluate_cover_model(checkpoint_path: str | Path, covers_csv: str | Path, ou
     kept = decoded.items
     problems = pd.concat([loaded.problems, decoded.problems], ignore_index=True)
     problems.to_csv(out_dir / "cover_problems.csv", index=False)
+    if kept.empty:
+        raise ValueError(f"none of the {len(items)} covers of {covers_csv} in the model's classes could be used; "
+                         f"the reason for each is in {out_dir / 'cover_problems.csv'}")
     proba = predict_proba(model, CoverImages(images, kept["y"].to_numpy(), model.info), device=device)
     metrics = evaluate_predictions(kept["y"].to_numpy(), proba.argmax(1), labels)
     write_report(out_dir, metrics, title=f"{Path(checkpoint_path)} on {covers_csv}",

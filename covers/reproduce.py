@@ -2,6 +2,7 @@
 with a source-confound check for every label set."""
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -11,11 +12,13 @@ import pandas as pd
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
+from covers.backbones import create_backbone
 from covers.inputs import backbone_embeddings
 from covers.train import train_covers
 from engine.branch import prepare_from_config
 from engine.config import register_resolvers
 from engine.run import evaluate_estimator
+from engine.trainer import RESUME_CHECKPOINT
 
 log = logging.getLogger(__name__)
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -23,6 +26,8 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 PAPER = {"paper3": {"cnn": 0.74, "random_forest": 0.5057}, "paper4": {"cnn": 0.61}, "paper5": {"cnn": 0.55}}
 #: Label sets whose genres all exist in the Discogs part; the others need Spotify's jazz (mixed sources).
 DISCOGS_ONLY = {"paper3"}
+#: What a finished row leaves behind: its report, and the predictions M4/M5 take class weights from.
+FINISHED_OUTPUTS = ("metrics.json", "predictions.csv")
 
 
 def _config(overrides: list[str]) -> DictConfig:
@@ -74,19 +79,26 @@ def reproduce(out_dir: Path, label_sets: list[str], protocols: list[str], mode: 
               extra_overrides: list[str] | None = None) -> pd.DataFrame:
     """Run every row of the table; each model writes its own run folder under ``out_dir``.
 
-    Returns one row per (label set, protocol, model) with accuracy, its 95% interval and n.
+    Returns one row per (label set, protocol, model) with accuracy, its 95% interval, n and
+    ``reused`` (finished by an earlier call with the same config, see :func:`finished_metrics`).
     """
+    def cnn(m: str) -> list[str]:
+        return [f"experiment=covers_{m.lower()}", f"covers.mode={mode}", f"covers.model.backbone={backbone}",
+                "covers.model.pretrained=true"]
+
+    def base(label_set: str, protocol: str) -> list[str]:
+        return [f"labels={label_set}", f"split={protocol}", "branches=[covers]", f"paths.root_dir={Path.cwd()}",
+                *_data_overrides(label_set), *(extra_overrides or [])]
+
+    # Absent pretrained weights fail here, before the first row, not after the Random Forests have run.
+    model_cfg = _config(base(label_sets[0], protocols[0]) + cnn("M1")).covers.model
+    create_backbone(model_cfg.backbone, pretrained=True, weights_path=model_cfg.weights_path)
     rows = []
     for label_set in label_sets:
         for protocol in protocols:
-            base = [f"labels={label_set}", f"split={protocol}", "branches=[covers]", f"paths.root_dir={Path.cwd()}",
-                    *_data_overrides(label_set), *(extra_overrides or [])]
             cell = out_dir / f"{label_set}-{protocol}"
-            confound = source_confound(_config(base), cell / "confound")
-            models: list[tuple[str, list[str]]] = [("RF", ["covers.mode=random_forest"])]
-            for m in ("M1", "M2", "M3", "M4", "M5"):
-                models.append((m, [f"experiment=covers_{m.lower()}", f"covers.mode={mode}",
-                                   f"covers.model.backbone={backbone}", "covers.model.pretrained=true"]))
+            confound = source_confound(_config(base(label_set, protocol)), cell / "confound")
+            models = [("RF", ["covers.mode=random_forest"])] + [(m, cnn(m)) for m in ("M1", "M2", "M3", "M4", "M5")]
             for name, overrides in models:
                 run_dir = cell / name
                 if name == "M4" or name == "M5":
@@ -95,15 +107,48 @@ def reproduce(out_dir: Path, label_sets: list[str], protocols: list[str], mode: 
                     rows.append({"labels": label_set, "protocol": protocol, "model": name,
                                  "note": "needs covers.mode=finetune (augmentation changes pixels)"})
                     continue
-                cfg = _config(base + overrides)
-                run_dir.mkdir(parents=True, exist_ok=True)
-                OmegaConf.save(cfg, run_dir / "config.yaml")
-                metrics = train_covers(cfg, run_dir)
+                cfg = _config(base(label_set, protocol) + overrides)
+                metrics = finished_metrics(run_dir, cfg)
+                reused = metrics is not None
+                if reused:
+                    log.info("%s was finished by an earlier call with the same config: reused", run_dir)
+                else:
+                    _start_row(run_dir, cfg)
+                    metrics = train_covers(cfg, run_dir)
                 rows.append({"labels": label_set, "protocol": protocol, "model": name, "n": metrics["n"],
                              "accuracy": metrics["accuracy"], "ci95": metrics["ci95"]["accuracy"],
-                             "paper": PAPER[label_set].get("random_forest" if name == "RF" else "cnn")})
+                             "paper": PAPER[label_set].get("random_forest" if name == "RF" else "cnn"),
+                             "reused": reused})
             rows.append({"labels": label_set, "protocol": protocol, "model": "confound", **confound})
     return pd.DataFrame(rows)
+
+
+def finished_metrics(run_dir: Path, cfg: DictConfig) -> dict[str, Any] | None:
+    """The metrics of a row that an earlier call finished with exactly this config, else ``None``.
+
+    So an interrupted or failed table, run again, trains only the rows it had not finished.
+    """
+    saved, metrics = run_dir / "config.yaml", run_dir / "metrics.json"
+    if not (saved.is_file() and saved.read_text() == OmegaConf.to_yaml(cfg)
+            and all((run_dir / name).is_file() for name in FINISHED_OUTPUTS)):
+        return None
+    # M4/M5 took class weights from M3's predictions: a retrained M3 makes them stale.
+    weights_from = cfg.covers.get("class_weights_from")
+    if weights_from and Path(weights_from).stat().st_mtime_ns > metrics.stat().st_mtime_ns:
+        return None
+    return json.loads(metrics.read_text())
+
+
+def _start_row(run_dir: Path, cfg: DictConfig) -> None:
+    """Clear what an unfinished or differently configured earlier call left, then save this row's config."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    saved = run_dir / "config.yaml"
+    stale = list(FINISHED_OUTPUTS)
+    if not (saved.is_file() and saved.read_text() == OmegaConf.to_yaml(cfg)):
+        stale.append(RESUME_CHECKPOINT)  # same config: training continues from it; another config: it can't
+    for name in stale:
+        (run_dir / name).unlink(missing_ok=True)
+    OmegaConf.save(cfg, saved)
 
 
 def format_table(results: pd.DataFrame, mode: str, backbone: str) -> str:

@@ -156,11 +156,28 @@ def add_to_metrics(run_dir: str | Path, **fields: Any) -> None:
     write_json(path, {**json.loads(path.read_text()), **fields})
 
 
+def _finite_or_null(value: Any) -> Any:
+    """``payload`` with numpy scalars as Python numbers and every NaN/±inf as ``None``, however deeply nested."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float):
+        return value if np.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite_or_null(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_null(item) for item in value]
+    return value
+
+
 def write_json(path: str | Path, payload: Any) -> None:
-    """Write JSON atomically (temporary name, then rename)."""
+    """Write strict JSON atomically (temporary name, then rename).
+
+    An undefined number (NaN, ±inf) is written as ``null``: Python would write the bare token
+    ``NaN``, which jq, JavaScript and other strict JSON readers reject.
+    """
     path = Path(path)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str))
+    tmp.write_text(json.dumps(_finite_or_null(payload), indent=2, default=str, allow_nan=False))
     tmp.replace(path)
 
 

@@ -107,25 +107,31 @@ def read_track_table(path: str | Path) -> tuple[pd.DataFrame, list[str]]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"track table not found: {path}")
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.reader(handle)
-        header = [h.strip() for h in next(reader, [])]
-        if not header:
-            raise ValueError(f"{path} is empty: expected a header row")
-        known = set(ID_COLUMNS) | set(SOURCE_COLUMNS)
-        if not known & set(header):
-            raise ValueError(f"{path} has none of the columns {sorted(known)}; header is {header}")
-        records = []
-        for record in reader:
-            row = dict.fromkeys(header, "")
-            if not record or all(not cell.strip() for cell in record):
-                row["row_error"] = "empty row"
-            elif len(record) != len(header):
-                row["row_error"] = f"malformed row: {len(record)} fields, expected {len(header)}"
-            else:
-                row.update({k: v.strip() for k, v in zip(header, record)})
-                row["row_error"] = ""
-            records.append(row)
+    # utf-8-sig: spreadsheet programs start a CSV with a byte-order mark, which would otherwise stick to
+    # the first column's name and hide it (every track id lost).
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle)
+            header = [h.strip() for h in next(reader, [])]
+            if not header:
+                raise ValueError(f"{path} is empty: expected a header row")
+            known = set(ID_COLUMNS) | set(SOURCE_COLUMNS)
+            if not known & set(header):
+                raise ValueError(f"{path} has none of the columns {sorted(known)}; header is {header}")
+            records = []
+            for record in reader:
+                row = dict.fromkeys(header, "")
+                if not record or all(not cell.strip() for cell in record):
+                    row["row_error"] = "empty row"
+                elif len(record) != len(header):
+                    row["row_error"] = f"malformed row: {len(record)} fields, expected {len(header)}"
+                else:
+                    row.update({k: v.strip() for k, v in zip(header, record)})
+                    row["row_error"] = ""
+                records.append(row)
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path} is not UTF-8 text ({error.reason} at byte {error.start}): "
+                         "save it as UTF-8 CSV and score it again") from None
     table = pd.DataFrame(records, columns=header + ["row_error"]).fillna("")
     table.insert(0, "row", np.arange(len(table)))
     for column in SOURCE_COLUMNS + ID_COLUMNS:
@@ -150,6 +156,9 @@ class _Resolver:
         self.catalogue: dict[str, dict[str, str]] = {}
         if catalogue:
             table = pd.read_csv(catalogue, dtype=str, keep_default_na=False)
+            if not set(ID_COLUMNS) & set(table.columns):
+                raise ValueError(f"catalogue {catalogue} has no {' or '.join(ID_COLUMNS)} column to look ids up in; "
+                                 f"its columns are {list(table.columns)}")
             base = Path(catalogue).parent
             for column in ("cover_path", "audio_path"):
                 values = table[column] if column in table.columns else pd.Series("", index=table.index)

@@ -35,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     labels = [c[2:] for c in tables[0].columns if c.startswith("p_")]
     y = tables[0].loc[common, "y"].astype(int).to_numpy()
     predicted = [t.loc[common, "predicted"].map({label: i for i, label in enumerate(labels)}).to_numpy() for t in tables]
-    result = {"n_common_test_items": len(common), "runs": {}, "first_minus_other": {}}
+    command = " ".join([".venv/bin/python scripts/compare_runs.py", *(sys.argv[1:] if argv is None else argv)])
+    result = {"command": command, "n_common_test_items": len(common), "runs": {}, "first_minus_other": {}}
     for run, pred in zip(args.runs, predicted):
         metrics = evaluate_predictions(y, pred, labels)
         result["runs"][str(run)] = {"accuracy": metrics["accuracy"], "ci95": metrics["ci95"]["accuracy"]}

@@ -4,6 +4,8 @@ Usage: .venv/bin/python scripts/reproduce_covers.py [--labels paper3 paper4 pape
            [--protocols random group] [--mode frozen|finetune] [--backbone efficientnet_lite0] [-- overrides ...]
 Default mode is frozen (the CPU mode); on a GPU use --mode finetune --backbone resnet50
 (with covers.model.weights_path=...) or efficientnet_lite2. Writes table.md and results.json.
+Run it again with the same --out after an interruption or a failure: rows finished with the same
+config are reused, an interrupted fine-tune continues from its last epoch.
 """
 from __future__ import annotations
 
@@ -30,11 +32,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out = args.out or Path("outputs") / "reproduce" / time.strftime("%Y-%m-%d_%H-%M-%S")
     out = out.resolve()
+    started = time.perf_counter()
     results = reproduce(out, args.labels, args.protocols, args.mode, args.backbone, args.overrides)
-    table = format_table(results, args.mode, args.backbone)
+    seconds = round(time.perf_counter() - started, 1)
+    command = " ".join([".venv/bin/python scripts/reproduce_covers.py", *(sys.argv[1:] if argv is None else argv)])
+    machine = machine_info()
+    # The table says how it was made, so it stands on its own when copied out of the run folder.
+    table = format_table(results, args.mode, args.backbone) + (
+        f"\n\nCommand: `{command}` ({seconds} s; {int(results['reused'].sum())} of {int(results['reused'].notna().sum())} "
+        "rows reused from an earlier call)  \n"
+        f"Machine: {machine['cpu']}, {machine['cpu_cores']} cores, GPU: {machine['gpu'] or 'none'}, "
+        f"torch {machine['versions']['torch']}, commit {machine['git_commit']}")
     (out / "table.md").write_text(table + "\n")
-    write_json(out / "results.json", {"rows": results.to_dict(orient="records"), "machine": machine_info(),
-                                      "command": " ".join(sys.argv)})
+    write_json(out / "results.json", {"rows": results.to_dict(orient="records"), "machine": machine,
+                                      "command": command, "seconds": seconds})
     print(table + f"\n\nRun folders and table: {out}")
     return 0
 

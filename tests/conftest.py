@@ -21,6 +21,23 @@ def covers_loaded(data_root):
 
 
 @pytest.fixture(scope="session")
+def discogs_covers_csv(covers_loaded):
+    """``write(path, per_genre)``: the first ``per_genre`` Discogs covers of rap (hiphop), country and pop as a
+    table in the ``covers.csv`` schema, at ``path`` (returned)."""
+    import pandas as pd
+
+    def write(path: Path, per_genre: int) -> Path:
+        items = covers_loaded.items
+        picked = pd.concat([items[(items["source"] == "discogs") & (items["label"] == genre)].head(per_genre)
+                            for genre in ("hiphop", "country", "pop")])
+        pd.DataFrame({"path": picked["cover_path"], "source": "discogs", "genre": picked["label"],
+                      "md5": picked["md5"]}).to_csv(path, index=False)
+        return path
+
+    return write
+
+
+@pytest.fixture(scope="session")
 def gtzan30(data_root):
     from data.gtzan import load_gtzan_features
 
@@ -28,20 +45,13 @@ def gtzan30(data_root):
 
 
 @pytest.fixture(scope="session")
-def main_job_run(tmp_path_factory, covers_loaded) -> tuple[str, Path]:
+def main_job_run(tmp_path_factory, discogs_covers_csv) -> tuple[str, Path]:
     """The default main job (audio + covers + fusion) on a 150-cover subset of the Discogs covers: (stdout, run folder)."""
     import subprocess
     import sys
 
-    import pandas as pd
-
     tmp_path = tmp_path_factory.mktemp("main_job")
-    items = covers_loaded.items
-    subset = pd.concat([items[(items["source"] == "discogs") & (items["label"] == g)].head(50)
-                        for g in ("hiphop", "country", "pop")])
-    csv = tmp_path / "covers_subset.csv"
-    pd.DataFrame({"path": subset["cover_path"], "source": "discogs", "genre": subset["label"],
-                  "md5": subset["md5"]}).to_csv(csv, index=False)
+    csv = discogs_covers_csv(tmp_path / "covers_subset.csv", 50)
     root = Path(__file__).resolve().parent.parent
     result = subprocess.run([sys.executable, str(root / "scripts" / "run.py"), f"paths.root_dir={tmp_path}",
                              "trainer.progress=false", f"covers.data.loader.csv_path={csv}", "covers.data.name=subset",

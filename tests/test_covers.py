@@ -132,15 +132,11 @@ def test_random_forest_features_are_deterministic(covers_loaded):
     np.testing.assert_allclose(first[0][:64].sum(), 1.0, rtol=1e-5)  # colour histogram fractions
 
 
-def test_checkpoint_evaluation_reproduces_training_metrics(covers_loaded, bad_covers, tmp_path):
-    items = covers_loaded.items
-    picked = pd.concat([items[(items["source"] == "discogs") & (items["label"] == g)].head(24)
-                        for g in ("hiphop", "country", "pop")])
-    table = pd.DataFrame({"path": [str(Path(p)) for p in picked["cover_path"]], "source": "discogs",
-                          "genre": picked["label"], "md5": picked["md5"]})
+def test_checkpoint_evaluation_reproduces_training_metrics(discogs_covers_csv, bad_covers, tmp_path):
+    csv = discogs_covers_csv(tmp_path / "small.csv", 24)
+    table = pd.read_csv(csv)
     bad = pd.DataFrame({"path": [str(bad_covers / "truncated.jpg"), str(bad_covers / "text.jpg")],
                         "source": "discogs", "genre": "pop", "md5": ["bad1", "bad2"]})
-    csv = tmp_path / "small.csv"
     pd.concat([table, bad]).to_csv(csv, index=False)
     result = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "run.py"), f"paths.root_dir={tmp_path}", "trainer.progress=false",
@@ -171,6 +167,13 @@ def test_checkpoint_evaluation_reproduces_training_metrics(covers_loaded, bad_co
     assert len(held_out) == trained["n"]
     for label in ("rap", "country", "pop"):
         np.testing.assert_allclose(held_out[f"p_{label}"], held_out[f"p_{label}_evaluated"], atol=2e-4)
+
+    bad.to_csv(tmp_path / "only_bad.csv", index=False)
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "evaluate_covers.py"), str(run),
+                             str(tmp_path / "only_bad.csv"), "--out", str(tmp_path / "eval_bad")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and "none of the 2 covers" in result.stderr
+    assert len(pd.read_csv(tmp_path / "eval_bad" / "cover_problems.csv")) == 2
 
 
 def test_grad_cam_maps_and_probabilities_match_the_model():
@@ -215,3 +218,49 @@ def test_m4_weights_are_inverse_validation_precision(tmp_path):
     weights = precision_class_weights(tmp_path / "predictions.csv", ["rap", "pop"])
     raw = np.array([1 / 0.75, 1 / 0.5])
     np.testing.assert_allclose(weights, raw / raw.mean())
+
+
+def test_reproduction_table_resumes_and_stops_at_once_without_weights(discogs_covers_csv, tmp_path, monkeypatch):
+    from covers.reproduce import format_table, reproduce
+
+    csv = discogs_covers_csv(tmp_path / "small.csv", 30)
+    monkeypatch.chdir(tmp_path)  # the table's artifacts (splits, caches) go under the working directory
+    overrides = [f"covers.data.loader.csv_path={csv}", "covers.data.name=small", "trainer.progress=false",
+                 "+covers.n_estimators=50"]
+    out = tmp_path / "table"
+
+    def run() -> pd.DataFrame:
+        return reproduce(out, ["paper3"], ["group"], "frozen", "efficientnet_lite0", overrides)
+
+    first = run()
+    models = first[first["model"].isin(["RF", "M1", "M2", "M3", "M4"])]
+    assert list(models["model"]) == ["RF", "M1", "M2", "M3", "M4"]
+    assert models["n"].nunique() == 1  # every model on the same test items
+    for row in models.itertuples():
+        assert row.ci95[0] <= row.accuracy <= row.ci95[1]
+    table = format_table(first, "frozen", "efficientnet_lite0")
+    assert "74.00%" in table and "50.57%" in table and "needs covers.mode=finetune" in table
+    assert "genre guessed from source alone" in table
+
+    def stamps() -> dict[str, int]:
+        return {m: (out / "paper3-group" / m / "metrics.json").stat().st_mtime_ns for m in models["model"]}
+
+    before = stamps()
+    again = run()  # everything finished: nothing is trained again
+    assert stamps() == before
+    assert not first["reused"].any() and again["reused"].dropna().all()
+    pd.testing.assert_frame_equal(again.drop(columns=["ci95", "reused"]), first.drop(columns=["ci95", "reused"]))
+
+    # M3 cut off after training, before its report: it is finished from last.pt, and M4, whose class
+    # weights come from M3's predictions, is trained again; RF, M1 and M2 are left alone.
+    (out / "paper3-group" / "M3" / "metrics.json").unlink()
+    resumed = run()
+    after = stamps()
+    assert {m for m in before if after[m] != before[m]} == {"M3", "M4"}
+    accuracy = dict(zip(resumed["model"], resumed["accuracy"]))
+    assert accuracy["M3"] == dict(zip(first["model"], first["accuracy"]))["M3"]
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "no_weights"))
+    with pytest.raises(MissingWeightsError, match="weights_path"):
+        reproduce(tmp_path / "resnet", ["paper3"], ["group"], "finetune", "resnet50", overrides)
+    assert not (tmp_path / "resnet").exists()  # failed before the first row, not after the Random Forest

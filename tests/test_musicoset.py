@@ -69,6 +69,18 @@ def test_albums_are_labelled_by_the_stated_rule(tmp_path):
     reasons = build.problems["reason"].tolist()
     assert "malformed Spotify id" in reasons and sum(r.startswith("malformed row") for r in reasons) == 1
     assert build.unmapped_genres.to_dict(orient="records") == [{"genre": "mellow gold", "artists": 1, "albums": 1}]
+    assert (build.items["cover_url"] == "").all()  # no albums.csv: the crawler asks Spotify by album id
+
+
+def test_cover_urls_come_from_albums_table_when_it_is_there(tmp_path):
+    _tables(tmp_path)
+    url = "https://i.scdn.co/image/ab67616d0000b273" + "0" * 24
+    (tmp_path / "musicoset_metadata" / "albums.csv").write_text("\n".join([
+        "album_id\tname\tbillboard\tartists\tpopularity\ttotal_tracks\talbum_type\timage_url",
+        f"{'1' * 22}\tFirst\t('First', 'x')\t{{}}\t50\t10\talbum\t{url}",
+    ]) + "\n")
+    items = build_musicoset_items(tmp_path, GENRES).items.set_index("album_id")
+    assert items.loc["1" * 22, "cover_url"] == url and items.loc["3" * 22, "cover_url"] == ""
 
 
 def test_tie_without_main_genre_leaves_the_album_unlabelled():

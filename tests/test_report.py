@@ -6,7 +6,7 @@ from sklearn.metrics import (accuracy_score, balanced_accuracy_score, classifica
                              precision_recall_fscore_support)
 
 from engine.report import (evaluate_predictions, format_classification_report, mcnemar,
-                           paired_accuracy_difference, write_report)
+                           paired_accuracy_difference, write_json, write_report)
 
 LABELS = ["rap", "country", "pop", "jazz"]
 
@@ -75,3 +75,13 @@ def test_paired_tests():
 def test_rejects_bad_input():
     with pytest.raises(ValueError):
         evaluate_predictions([0, 1], [0], LABELS)
+
+
+def test_json_files_are_strict_json_with_null_for_undefined_numbers(tmp_path):
+    def refuse(token):
+        raise ValueError(f"non-standard JSON token {token}")
+
+    write_json(tmp_path / "r.json", {"rows": [{"accuracy": 0.5, "paper": float("nan")}],
+                                     "ci": (np.float64(np.inf), -np.inf), "n": np.int64(3)})
+    loaded = json.loads((tmp_path / "r.json").read_text(), parse_constant=refuse)
+    assert loaded == {"rows": [{"accuracy": 0.5, "paper": None}], "ci": [None, None], "n": 3}

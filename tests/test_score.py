@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from fusion.score import parse_shard, score_table
+from fusion.score import parse_shard, read_track_table, score_table
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -130,6 +130,16 @@ def test_half_written_lines_are_cut(tmp_path):
     assert output.read_bytes() == b""
 
 
+def test_track_table_from_a_spreadsheet_keeps_its_ids_and_other_encodings_are_refused(tmp_path):
+    # Spreadsheet programs write a byte-order mark before the header; the first column must survive it.
+    (tmp_path / "excel.csv").write_bytes("\ufefftrack_id,cover_path\nt1,a.jpg\n".encode("utf-8"))
+    table, header = read_track_table(tmp_path / "excel.csv")
+    assert header == ["track_id", "cover_path"] and table["track_id"].tolist() == ["t1"]
+    (tmp_path / "latin1.csv").write_bytes("track_id,cover_path\ntrack-é,a.jpg\n".encode("latin-1"))
+    with pytest.raises(ValueError, match="latin1.csv is not UTF-8"):
+        read_track_table(tmp_path / "latin1.csv")
+
+
 def test_bad_shard_and_model_folder_are_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="shard"):
         parse_shard("3/3")
@@ -137,3 +147,8 @@ def test_bad_shard_and_model_folder_are_clear_errors(tmp_path):
         parse_shard("half")
     with pytest.raises(FileNotFoundError, match="no cover or audio checkpoint"):
         score_table(tmp_path / "t.csv", tmp_path, tmp_path / "out.csv")
+    from fusion.score import _Resolver
+
+    (tmp_path / "catalogue.csv").write_text("id,cover_path\nx,a.jpg\n")
+    with pytest.raises(ValueError, match="no track_id or item_id column"):
+        _Resolver(tmp_path / "catalogue.csv", tmp_path / "downloads")
