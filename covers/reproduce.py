@@ -132,9 +132,10 @@ def finished_metrics(run_dir: Path, cfg: DictConfig) -> dict[str, Any] | None:
     if not (saved.is_file() and saved.read_text() == OmegaConf.to_yaml(cfg)
             and all((run_dir / name).is_file() for name in FINISHED_OUTPUTS)):
         return None
-    # M4/M5 took class weights from M3's predictions: a retrained M3 makes them stale.
-    weights_from = cfg.covers.get("class_weights_from")
-    if weights_from and Path(weights_from).stat().st_mtime_ns > metrics.stat().st_mtime_ns:
+    # M4/M5 took class weights from M3's predictions: a retrained (or removed) M3 makes them stale.
+    weights_from = Path(cfg.covers.get("class_weights_from") or "")
+    if weights_from.name and (not weights_from.is_file()
+                              or weights_from.stat().st_mtime_ns > metrics.stat().st_mtime_ns):
         return None
     return json.loads(metrics.read_text())
 
