@@ -6,6 +6,7 @@ for (``segment`` column: ``-1`` = the whole clip, ``k`` = the k-th 3-second segm
 """
 from __future__ import annotations
 
+import logging
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -23,6 +24,8 @@ from audio.mel import MelParams, MelSpectrogram
 from data.gtzan import FEATURE_COLUMNS, SEGMENT_HOP_SAMPLES, SEGMENT_SAMPLES
 from data.items import LoadResult, file_digest, problems_frame
 from engine.cache import ArrayCache, JsonCache, cache_key
+
+log = logging.getLogger(__name__)
 
 #: Bump when the feature code changes what it computes, so old cache entries stop matching.
 FEATURES_VERSION = 3
@@ -116,6 +119,24 @@ def _worker_pool(n_jobs: int) -> ProcessPoolExecutor:
     return _POOLS[n_jobs]
 
 
+def _map_on_workers(n_jobs: int, jobs: list[tuple], bar: dict[str, Any], retries: int = 1) -> list:
+    """``_file_job`` over ``jobs`` on the kept pool, in order.
+
+    A worker that dies (killed, out of memory) breaks its whole pool: the pool is replaced and
+    the call is tried again on fresh workers, ``retries`` times; then ``BrokenProcessPool`` is raised.
+    """
+    pool = _worker_pool(n_jobs)
+    try:
+        return list(tqdm(pool.map(_file_job, *zip(*jobs)), **bar))
+    except BrokenProcessPool:
+        _POOLS.pop(n_jobs, None)
+        pool.shutdown(cancel_futures=True)
+        if not retries:
+            raise
+    log.warning("an audio feature worker died; trying the %d files again on fresh workers", len(jobs))
+    return _map_on_workers(n_jobs, jobs, bar, retries - 1)
+
+
 def _run(items: pd.DataFrame, job, cache_dir, n_jobs: int, progress: bool) -> tuple[list[int], list[Outcome], pd.DataFrame]:
     segments = items["segment"] if "segment" in items.columns else pd.Series(-1, index=items.index)
     by_file: dict[str, list[int]] = {}
@@ -125,11 +146,7 @@ def _run(items: pd.DataFrame, job, cache_dir, n_jobs: int, progress: bool) -> tu
             for path, rows in by_file.items()]
     bar: dict[str, Any] = {"total": len(jobs), "desc": f"{job.namespace} (audio files)", "disable": not progress}
     if n_jobs > 1 and len(jobs) > 1:
-        try:
-            per_file = list(tqdm(_worker_pool(n_jobs).map(_file_job, *zip(*jobs)), **bar))
-        except BrokenProcessPool:  # a worker died: the next call starts a fresh pool
-            _POOLS.pop(n_jobs).shutdown(cancel_futures=True)
-            raise
+        per_file = _map_on_workers(n_jobs, jobs, bar)
     else:
         per_file = [_file_job(*args) for args in tqdm(jobs, **bar)]
     outcomes: dict[int, Outcome] = {}
