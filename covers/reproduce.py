@@ -128,9 +128,8 @@ def finished_metrics(run_dir: Path, cfg: DictConfig) -> dict[str, Any] | None:
 
     So an interrupted or failed table, run again, trains only the rows it had not finished.
     """
-    saved, metrics = run_dir / "config.yaml", run_dir / "metrics.json"
-    if not (saved.is_file() and saved.read_text() == OmegaConf.to_yaml(cfg)
-            and all((run_dir / name).is_file() for name in FINISHED_OUTPUTS)):
+    metrics = run_dir / "metrics.json"
+    if not (_same_config(run_dir, cfg) and all((run_dir / name).is_file() for name in FINISHED_OUTPUTS)):
         return None
     # M4/M5 took class weights from M3's predictions: a retrained (or removed) M3 makes them stale.
     weights_from = Path(cfg.covers.get("class_weights_from") or "")
@@ -143,13 +142,18 @@ def finished_metrics(run_dir: Path, cfg: DictConfig) -> dict[str, Any] | None:
 def _start_row(run_dir: Path, cfg: DictConfig) -> None:
     """Clear what an unfinished or differently configured earlier call left, then save this row's config."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    saved = run_dir / "config.yaml"
     stale = list(FINISHED_OUTPUTS)
-    if not (saved.is_file() and saved.read_text() == OmegaConf.to_yaml(cfg)):
+    if not _same_config(run_dir, cfg):
         stale.append(RESUME_CHECKPOINT)  # same config: training continues from it; another config: it can't
     for name in stale:
         (run_dir / name).unlink(missing_ok=True)
-    OmegaConf.save(cfg, saved)
+    OmegaConf.save(cfg, run_dir / "config.yaml")
+
+
+def _same_config(run_dir: Path, cfg: DictConfig) -> bool:
+    """Whether ``run_dir/config.yaml`` holds exactly ``cfg`` (as :func:`OmegaConf.save` writes it)."""
+    saved = run_dir / "config.yaml"
+    return saved.is_file() and saved.read_text() == OmegaConf.to_yaml(cfg)
 
 
 def format_table(results: pd.DataFrame, mode: str, backbone: str) -> str:

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from fusion.score import parse_shard, read_track_table, score_table
+from fusion.score import _Resolver, parse_shard, read_track_table, score_table
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -147,8 +147,6 @@ def test_bad_shard_and_model_folder_are_clear_errors(tmp_path):
         parse_shard("half")
     with pytest.raises(FileNotFoundError, match="no cover or audio checkpoint"):
         score_table(tmp_path / "t.csv", tmp_path, tmp_path / "out.csv")
-    from fusion.score import _Resolver
-
     (tmp_path / "catalogue.csv").write_text("id,cover_path\nx,a.jpg\n")
     with pytest.raises(ValueError, match="no track_id or item_id column"):
         _Resolver(tmp_path / "catalogue.csv", tmp_path / "downloads")
