@@ -9,15 +9,13 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from audio.extract import extract_features  # noqa: E402
-from audio.features import gtzan_features, reference_features  # noqa: E402
-from audio.io import load_audio  # noqa: E402
-from data.gtzan import load_gtzan_audio  # noqa: E402
-from data.root import resolve_data_root  # noqa: E402
-from engine.report import write_json  # noqa: E402
-from engine.run import machine_info  # noqa: E402
+from audio.extract import extract_features
+from audio.features import gtzan_features, reference_features
+from audio.io import load_audio
+from data.gtzan import load_gtzan_audio
+from data.root import resolve_data_root
+from engine.io import write_json
+from engine.run import machine_info
 
 
 def main(n_clips: int = 20, n_jobs: int = 2) -> dict:

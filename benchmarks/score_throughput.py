@@ -14,16 +14,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import pandas as pd
 
-import pandas as pd  # noqa: E402
-
-from data.covers import load_covers_table  # noqa: E402
-from data.gtzan import load_gtzan_audio  # noqa: E402
-from data.root import resolve_data_root  # noqa: E402
-from engine.report import write_json  # noqa: E402
-from engine.run import machine_info  # noqa: E402
-from fusion.score import score_table  # noqa: E402
+from data.covers import load_covers_table
+from data.gtzan import load_gtzan_audio
+from data.root import resolve_data_root
+from engine.io import write_json
+from engine.run import machine_info
+from scoring.tracks import score_table
 
 
 def track_table(n_tracks: int, folder: Path) -> Path:

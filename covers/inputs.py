@@ -6,6 +6,7 @@ the image's content hash and every parameter that shapes the result.
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,11 +15,11 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from covers.backbones import BackboneInfo, create_backbone
-from covers.images import CoverError, load_cover
+from covers.backbones import BackboneInfo, MapsBackbone
+from covers.images import CoverError, check_cover_file, load_cover
 from data.items import LoadResult, file_digest, problems_frame
 from engine.cache import ArrayCache, cache_key
-from engine.trainer import resolve_device
+from engine.inference import resolve_device
 
 #: Bump when a feature computation changes, so old cache entries stop matching.
 INPUTS_VERSION = 1
@@ -61,9 +62,10 @@ def _per_cover(items: pd.DataFrame, namespace: str, params: dict, cache_dir: str
     for row in tqdm(range(len(items)), desc=desc, disable=not progress):
         item = items.iloc[row]
         try:
+            check_cover_file(item["cover_path"])
             key = cache_key(_content_hash(item), {**params, "v": INPUTS_VERSION}) if cache else ""
-        except OSError as error:
-            problems.append({"where": item["cover_path"], "item_id": item["item_id"], "reason": f"missing file: {error}"})
+        except (CoverError, OSError) as error:
+            problems.append({"where": item["cover_path"], "item_id": item["item_id"], "reason": str(error)})
             continue
         if cache and (hit := cache.get(key)) is not None:
             values[row] = hit
@@ -88,14 +90,24 @@ def decode_covers(items: pd.DataFrame, size: int, cache_dir: str | Path | None =
                       "decode covers", progress)
 
 
-def backbone_embeddings(items: pd.DataFrame, backbone: str, cache_dir: str | Path | None = None,
-                        weights_path: str | None = None, batch_size: int = 64, device: str = "auto",
+@functools.lru_cache(maxsize=8)
+def _weights_digest(path: str) -> str:
+    return file_digest(path)
+
+
+def backbone_embeddings(items: pd.DataFrame, backbone: MapsBackbone, info: BackboneInfo,
+                        cache_dir: str | Path | None = None, batch_size: int = 64, device: str = "auto",
                         progress: bool = True) -> tuple[LoadResult, np.ndarray]:
-    """Pooled ImageNet-backbone embeddings ``(n_kept, embed_dim)`` float32 of each cover (frozen mode)."""
-    model, info = create_backbone(backbone, pretrained=True, weights_path=weights_path)
+    """Pooled embeddings ``(n_kept, embed_dim)`` float32 of each cover from a pretrained ``backbone``.
+
+    The cache key includes the weights file's digest, so embeddings of other weights never match.
+    """
+    if not info.weights:
+        raise ValueError(f"{info.name}: embeddings are cached by their weights file; this backbone has none "
+                         "(random initialisation gives no reusable embeddings)")
     device_ = resolve_device(device)
-    model.to(device_).eval()
-    params = {"backbone": info.name, "weights": file_digest(info.weights) if info.weights else None,
+    model = backbone.to(device_).eval()
+    params = {"backbone": info.name, "weights": _weights_digest(str(info.weights)),
               "size": info.input_size, "mean": info.mean, "std": info.std}
 
     @torch.no_grad()

@@ -15,10 +15,9 @@ from omegaconf import DictConfig, OmegaConf
 from covers.backbones import create_backbone
 from covers.inputs import backbone_embeddings
 from covers.train import train_covers
-from engine.branch import prepare_from_config
-from engine.config import register_resolvers
-from engine.run import evaluate_estimator
-from engine.trainer import RESUME_CHECKPOINT
+from engine.config import prepare_from_config, register_configs
+from engine.inference import RESUME_CHECKPOINT
+from engine.run import fit_estimator_and_report
 
 log = logging.getLogger(__name__)
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -31,7 +30,7 @@ FINISHED_OUTPUTS = ("metrics.json", "predictions.csv")
 
 
 def _config(overrides: list[str]) -> DictConfig:
-    register_resolvers()
+    register_configs()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose("config", overrides=overrides)
 
@@ -49,7 +48,7 @@ def source_confound(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     (majority genre of each source, fitted on train), and how well a logistic regression on the
     frozen embeddings tells the sources apart (test accuracy; 0.5-ish means indistinguishable).
     """
-    prepared = prepare_from_config(cfg, cfg.covers.data, run_dir)
+    prepared = prepare_from_config(cfg, cfg.covers, run_dir)
     items = prepared.items
     mix = pd.crosstab(items["label"], items["source"]).to_dict(orient="index")
     train, test = items[items["split"] == "train"], items[items["split"] == "test"]
@@ -61,14 +60,16 @@ def source_confound(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         from sklearn.pipeline import make_pipeline
         from sklearn.preprocessing import StandardScaler
 
-        kept, x = backbone_embeddings(items, cfg.covers.model.backbone, cfg.paths.cache_dir, progress=False)
+        backbone, info = create_backbone(cfg.covers.model.backbone, pretrained=True,
+                                         weights_path=cfg.covers.model.weights_path)
+        kept, x = backbone_embeddings(items, backbone, info, cfg.paths.cache_dir, progress=False)
         sources = sorted(kept.items["source"].unique())
-        y = kept.items["source"].map({s: i for i, s in enumerate(sources)}).to_numpy()
-        part = kept.items["split"].to_numpy()
-        metrics, _ = evaluate_estimator(
-            make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000)), x[part == "train"], y[part == "train"],
-            x[part == "test"], y[part == "test"], sources, run_dir / "source_classifier",
-            title="source classifier (confound check)", card={"check": "source confound"},
+        kept_items = kept.items.assign(y=kept.items["source"].map({s: i for i, s in enumerate(sources)}))
+        train, test = (kept_items["split"] == "train").to_numpy(), (kept_items["split"] == "test").to_numpy()
+        metrics, _ = fit_estimator_and_report(
+            make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000)), x[train], kept_items["y"][train],
+            kept_items[test], x[test], sources, run_dir / "source_classifier",
+            title="source classifier (confound check)", card={"check": "source confound"}, predictions=False,
         )
         result["source_classifier_accuracy"] = metrics["accuracy"]
         result["source_classifier_ci95"] = metrics["ci95"]["accuracy"]

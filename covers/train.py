@@ -1,15 +1,17 @@
 """Train and report a cover model: frozen-backbone head, full fine-tuning, or a baseline estimator.
 
-Modes (``covers.mode``):
+Modes (``covers.mode``, registered in :data:`COVER_MODES`):
 - ``finetune``: the paper's protocol, every layer trainable, new dropout + linear head;
 - ``frozen``: the fast CPU mode, backbone embeddings computed once (cached), only the head trained;
 - ``logreg_probe``: scikit-learn logistic regression on the cached embeddings (the frozen probe);
 - ``random_forest``: colour histograms + LBP + Hu moments → scikit-learn RandomForest.
-All use the saved split, the shared trainer (torch modes) and the one report path.
+All use the saved split, the shared trainer (torch modes), the branch's predict path for the
+held-out predictions and the one report path.
 """
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,37 +19,83 @@ import numpy as np
 import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torch import nn
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import TensorDataset
 
 from covers.augment import build_class_augment
-from covers.backbones import create_model
-from covers.inputs import backbone_embeddings, decode_covers, normalise, random_forest_features
-from engine.branch import prepare_from_config, write_branch_outputs
-from engine.config import trainer_config
-from engine.run import evaluate_estimator, train_evaluate
-from engine.trainer import predict_proba, seed_everything
+from covers.backbones import BackboneInfo, CoverClassifier, MapsBackbone, classifier_head, create_backbone, create_model
+from covers.inputs import backbone_embeddings, decode_covers, random_forest_features
+from covers.predict import CoverImages, CoverModel, predict_cover_inputs
+from data.items import LoadResult, missing_modality
+from data.prepare import PreparedData
+from engine.config import prepare_from_config, trainer_config
+from engine.predictions import read_predictions
+from engine.registry import Registry
+from engine.run import fit_estimator_and_report, held_out, train_and_report
+from engine.trainer import seed_everything
 
 log = logging.getLogger(__name__)
-MODES = ("finetune", "frozen", "logreg_probe", "random_forest")
+COVER_MODES: Registry = Registry("covers.mode")
 
 
-class CoverImages(Dataset):
-    """Decoded covers ``uint8 (n, s, s, 3)`` → normalised tensors, with per-class augmentation when training."""
+@dataclass
+class CoverRun:
+    """Everything a mode needs: the config, the prepared data, and the run's card and title so far."""
 
-    def __init__(self, images: np.ndarray, y: np.ndarray, info, augment: list | None = None) -> None:
-        self.images, self.y, self.info, self.augment = images, y, info, augment
+    cfg: DictConfig
+    run_dir: Path
+    prepared: PreparedData
+    model_cfg: dict[str, Any]
+    augment: dict[str, list[str]] | None
+    card: dict[str, Any]
+    title: str
+    #: Items of the table that have no cover (a paired catalogue's audio-only tracks), with the reason.
+    no_cover: pd.DataFrame
 
-    def __len__(self) -> int:
-        return len(self.y)
+    @property
+    def labels(self) -> list[str]:
+        return self.prepared.labels
 
-    def __getitem__(self, index: int):
-        image = torch.from_numpy(self.images[index]).permute(2, 0, 1)
-        transform = self.augment[self.y[index]] if self.augment else None
-        if transform is not None:
-            image = transform(image)
-        x = normalise(image.permute(1, 2, 0).numpy()[None], self.info)[0]
-        return x, int(self.y[index])
+    @property
+    def progress(self) -> bool:
+        return bool(self.cfg.trainer.progress)
+
+    def refuse_augment(self, mode: str) -> None:
+        if self.augment:
+            raise ValueError("covers.augment changes pixels, so it needs covers.mode=finetune "
+                             f"(mode {mode} trains on inputs computed once)")
+
+    def parts(self, kept: LoadResult, x: np.ndarray) -> dict[str, tuple[pd.DataFrame, np.ndarray]]:
+        """Record covers that could not be used, then split the kept items and their inputs by part."""
+        problems = pd.concat([self.no_cover, kept.problems], ignore_index=True)
+        self.card["cover_problems"] = len(problems)
+        self.card["skipped_covers"] = problems.to_dict(orient="records")[:50]
+        if len(problems):
+            problems.to_csv(self.run_dir / "cover_problems.csv", index=False)
+            log.warning("%d covers could not be used (listed in %s)", len(problems),
+                        self.run_dir / "cover_problems.csv")
+        items = kept.items
+        masks = {"train": (items["split"] == "train").to_numpy(), "held": held_out(items)}
+        return {part: (items[mask].reset_index(drop=True), x[mask]) for part, mask in masks.items()}
+
+    def trainer(self, train_items: pd.DataFrame):
+        override = OmegaConf.to_container(self.cfg.covers.trainer, resolve=True)
+        if self.cfg.covers.get("class_weights_from"):
+            override["class_weights"] = precision_class_weights(self.cfg.covers.class_weights_from, self.labels)
+            self.title += " · class weights 1/precision"
+        config = trainer_config(self.cfg, override, train_targets=train_items["y"], n_classes=len(self.labels))
+        seed_everything(config.seed)
+        return config
+
+    def embeddings(self) -> tuple[MapsBackbone, BackboneInfo, LoadResult, np.ndarray]:
+        """The pretrained backbone and its cached embeddings of every cover (frozen modes)."""
+        spec = self.model_cfg
+        backbone, info = create_backbone(spec["backbone"], pretrained=True, weights_path=spec.get("weights_path"))
+        kept, x = backbone_embeddings(self.prepared.items, backbone, info, self.cfg.paths.cache_dir,
+                                      progress=self.progress)
+        return backbone, info, kept, x
+
+    def checkpoint_metadata(self, mode: str) -> dict[str, Any]:
+        return {"covers_model": {**self.model_cfg, "mode": mode}, "aliases": dict(self.cfg.labels.aliases)}
 
 
 def precision_class_weights(predictions_csv: str | Path, labels: list[str]) -> list[float]:
@@ -56,7 +104,7 @@ def precision_class_weights(predictions_csv: str | Path, labels: list[str]) -> l
     Validation rather than test predictions, so the test set never shapes training. Normalised
     to mean 1; a class never predicted (precision undefined) gets the largest weight.
     """
-    table = pd.read_csv(predictions_csv)
+    table, _ = read_predictions(predictions_csv)
     val = table[table["split"] == "val"]
     if val.empty:
         raise ValueError(f"{predictions_csv} has no validation predictions to take precisions from")
@@ -82,90 +130,89 @@ def display_name(branch: DictConfig) -> str:
     return f"{branch.model.backbone}_{resolve_mode(branch.mode)}"
 
 
-def _split_arrays(items: pd.DataFrame, x: np.ndarray) -> dict[str, tuple[pd.DataFrame, np.ndarray]]:
-    return {p: (items[items["split"] == p].reset_index(drop=True), x[(items["split"] == p).to_numpy()])
-            for p in ("train", "val", "test")}
-
-
 def train_covers(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Fit ``cfg.covers`` on the train part (early stop on val), report on test, write ``predictions.csv``."""
     branch = cfg.covers
     mode = resolve_mode(branch.mode)
-    if mode not in MODES:
-        raise ValueError(f"covers.mode must be auto or one of {MODES}, got {mode!r}")
-    augment_table = OmegaConf.to_container(branch.augment, resolve=True) if branch.get("augment") else None
-    if augment_table and mode != "finetune":
-        raise ValueError("covers.augment changes pixels, so it needs covers.mode=finetune "
-                         f"(mode {mode} trains on inputs computed once)")
+    train_mode = COVER_MODES.get(mode)
     model_cfg = OmegaConf.to_container(branch.model, resolve=True)
-    prepared = prepare_from_config(cfg, branch.data, run_dir)
-    labels = prepared.labels
-    progress = cfg.trainer.progress
-    if mode in ("frozen", "logreg_probe"):
-        kept, x = backbone_embeddings(prepared.items, model_cfg["backbone"], cfg.paths.cache_dir,
-                                      weights_path=model_cfg.get("weights_path"), progress=progress)
-    elif mode == "random_forest":
-        kept, x = random_forest_features(prepared.items, cfg.paths.cache_dir, progress=progress)
-    else:
-        # Built before decoding, so absent pretrained weights fail at once, not after minutes of work.
-        finetuned = create_model(model_cfg["backbone"], len(labels), pretrained=model_cfg.get("pretrained", True),
-                                 weights_path=model_cfg.get("weights_path"), dropout=model_cfg.get("dropout", 0.5))
-        kept, x = decode_covers(prepared.items, finetuned.info.input_size, progress=progress)
-    if len(kept.problems):
-        kept.problems.to_csv(run_dir / "cover_problems.csv", index=False)
-        log.warning("%d covers could not be used (listed in %s)", len(kept.problems), run_dir / "cover_problems.csv")
-    parts = _split_arrays(kept.items, x)
-    (train_items, x_train), (val_items, x_val), (test_items, x_test) = parts["train"], parts["val"], parts["test"]
+    prepared = prepare_from_config(cfg, branch, run_dir)
+    prepared.items, no_cover = missing_modality(prepared.items, "cover_path", "cover")
     card = {"branch": "covers", "mode": mode, "model": model_cfg, "experiment": cfg.get("experiment_name"),
-            "data": branch.data.name, **prepared.describe(),
-            "split_name": prepared.split_path.stem, "cover_problems": len(kept.problems),
-            "skipped_covers": kept.problems.to_dict(orient="records")[:50],
+            "data": prepared.name, **prepared.describe(), "split_name": prepared.split_path.stem,
             "config": OmegaConf.to_container(branch, resolve=True)}
-    title = f"covers {mode} {model_cfg.get('backbone', '')} · {branch.data.name} · split {prepared.split_path.stem}"
-    seed = int(cfg.seed)
+    title = f"covers {mode} {model_cfg.get('backbone', '')} · {prepared.name} · split {prepared.split_path.stem}"
+    augment = OmegaConf.to_container(branch.augment, resolve=True) if branch.get("augment") else None
+    return train_mode(CoverRun(cfg, run_dir, prepared, model_cfg, augment, card, title, no_cover))
 
-    if mode in ("logreg_probe", "random_forest"):
-        estimator = _estimator(mode, seed, branch)
-        metrics, _ = evaluate_estimator(estimator, x_train, train_items["y"].to_numpy(), x_test,
-                                        test_items["y"].to_numpy(), labels, run_dir, title, card, seed=seed)
-        held = pd.concat([val_items, test_items], ignore_index=True)
-        proba = np.zeros((len(held), len(labels)))
-        proba[:, estimator.classes_] = estimator.predict_proba(np.concatenate([x_val, x_test]))
-        write_branch_outputs(run_dir, held, proba, labels)
-        return metrics
 
-    override = OmegaConf.to_container(branch.trainer, resolve=True)
-    if branch.get("class_weights_from"):
-        override["class_weights"] = precision_class_weights(branch.class_weights_from, labels)
-        title += " · class weights 1/precision"
-    config = trainer_config(cfg, override, train_targets=train_items["y"], n_classes=len(labels))
-    seed_everything(config.seed)
-    if mode == "frozen":
-        model: nn.Module = nn.Sequential(nn.Dropout(model_cfg.get("dropout", 0.5)), nn.Linear(x.shape[1], len(labels)))
-        datasets = [TensorDataset(torch.from_numpy(a), torch.tensor(i["y"].to_numpy(np.int64)))
-                    for i, a in ((train_items, x_train), (val_items, x_val), (test_items, x_test))]
-    else:
-        model = finetuned
-        card["weights"] = model.info.weights
-        augment = build_class_augment(augment_table, labels, model.info.input_size) if augment_table else None
-        datasets = [CoverImages(x_train, train_items["y"].to_numpy(), model.info, augment),
-                    CoverImages(x_val, val_items["y"].to_numpy(), model.info),
-                    CoverImages(x_test, test_items["y"].to_numpy(), model.info)]
-    metrics, _, _ = train_evaluate(model, *datasets, test_items["y"].to_numpy(), labels, config, run_dir, title, card,
-                                   checkpoint_metadata={"covers_model": {**model_cfg, "mode": mode},
-                                                        "aliases": dict(cfg.labels.aliases)})
-    held = pd.concat([val_items, test_items], ignore_index=True)
-    held_set = torch.utils.data.ConcatDataset([datasets[1], datasets[2]])
-    write_branch_outputs(run_dir, held, predict_proba(model, held_set, device=config.device), labels)
+@COVER_MODES.register("finetune")
+def _finetune(run: CoverRun) -> dict[str, Any]:
+    spec = run.model_cfg
+    # Built before decoding, so absent pretrained weights fail at once, not after minutes of work.
+    network = create_model(spec["backbone"], len(run.labels), pretrained=spec.get("pretrained", True),
+                           weights_path=spec.get("weights_path"), dropout=spec.get("dropout", 0.5))
+    parts = run.parts(*decode_covers(run.prepared.items, network.info.input_size, run.cfg.paths.cache_dir,
+                                     progress=run.progress))
+    (train_items, x_train), (held, x_held) = parts["train"], parts["held"]
+    config = run.trainer(train_items)
+    run.card["weights"] = network.info.weights
+    augment = build_class_augment(run.augment, run.labels, network.info.input_size) if run.augment else None
+    val = (held["split"] == "val").to_numpy()
+    model = CoverModel(network, run.labels, "finetune")
+    metrics, _, _ = train_and_report(
+        network, CoverImages(x_train, train_items["y"].to_numpy(), network.info, augment),
+        CoverImages(x_held[val], held["y"].to_numpy()[val], network.info), config, run.run_dir, run.labels,
+        run.title, run.card, lambda _: (held, predict_cover_inputs(model, x_held, config.device), {}),
+        checkpoint_metadata=run.checkpoint_metadata("finetune"))
     return metrics
 
 
-def _estimator(mode: str, seed: int, branch: DictConfig):
-    from sklearn.ensemble import RandomForestClassifier
+@COVER_MODES.register("frozen")
+def _frozen(run: CoverRun) -> dict[str, Any]:
+    run.refuse_augment("frozen")
+    backbone, info, kept, x = run.embeddings()
+    parts = run.parts(kept, x)
+    (train_items, x_train), (held, x_held) = parts["train"], parts["held"]
+    config = run.trainer(train_items)
+    head = classifier_head(info.embed_dim, len(run.labels), run.model_cfg.get("dropout", 0.5))
+    model = CoverModel(CoverClassifier(backbone, info, head), run.labels, "frozen")
+    val = (held["split"] == "val").to_numpy()
+    datasets = [TensorDataset(torch.from_numpy(x), torch.tensor(items["y"].to_numpy(np.int64)))
+                for items, x in ((train_items, x_train), (held[val], x_held[val]))]
+    metrics, _, _ = train_and_report(
+        head, *datasets, config, run.run_dir, run.labels, run.title, run.card,
+        lambda _: (held, predict_cover_inputs(model, x_held, config.device), {}),
+        checkpoint_metadata=run.checkpoint_metadata("frozen"))
+    return metrics
+
+
+def _fit_estimator(run: CoverRun, estimator: Any, kept: LoadResult, x: np.ndarray) -> dict[str, Any]:
+    parts = run.parts(kept, x)
+    (train_items, x_train), (held, x_held) = parts["train"], parts["held"]
+    metrics, _ = fit_estimator_and_report(estimator, x_train, train_items["y"].to_numpy(), held, x_held, run.labels,
+                                          run.run_dir, run.title, run.card, seed=int(run.cfg.seed))
+    return metrics
+
+
+@COVER_MODES.register("logreg_probe")
+def _logreg_probe(run: CoverRun) -> dict[str, Any]:
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    if mode == "random_forest":
-        return RandomForestClassifier(n_estimators=branch.get("n_estimators", 500), n_jobs=-1, random_state=seed)
-    return make_pipeline(StandardScaler(), LogisticRegression(C=branch.get("logreg_c", 1.0), max_iter=5000))
+    run.refuse_augment("logreg_probe")
+    _, _, kept, x = run.embeddings()
+    estimator = make_pipeline(StandardScaler(), LogisticRegression(C=run.cfg.covers.get("logreg_c", 1.0), max_iter=5000))
+    return _fit_estimator(run, estimator, kept, x)
+
+
+@COVER_MODES.register("random_forest")
+def _random_forest(run: CoverRun) -> dict[str, Any]:
+    from sklearn.ensemble import RandomForestClassifier
+
+    run.refuse_augment("random_forest")
+    kept, x = random_forest_features(run.prepared.items, run.cfg.paths.cache_dir, progress=run.progress)
+    estimator = RandomForestClassifier(n_estimators=run.cfg.covers.get("n_estimators", 500), n_jobs=-1,
+                                       random_state=int(run.cfg.seed))
+    return _fit_estimator(run, estimator, kept, x)

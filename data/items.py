@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,34 +53,48 @@ def finish_table(frame: pd.DataFrame) -> pd.DataFrame:
 def read_delimited(
     path: Path, delimiter: str = ",", quoting: int = csv.QUOTE_MINIMAL
 ) -> tuple[list[str], list[list[str]], list[dict]]:
-    """Read a delimited text file, keeping rows whose field count matches the header.
+    """Read a delimited UTF-8 text file (a spreadsheet's byte-order mark is fine), keeping rows whose
+    field count matches the header.
 
     Returns ``(header, rows, problems)``; each problem names the file and line of a row that
-    was dropped because its column count (or quoting) is off.
+    was dropped because its column count (or quoting) is off. A file in another encoding, or a
+    header naming a column twice, is a :class:`ValueError` saying so.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Table not found: {path}")
     problems: list[dict] = []
     rows: list[list[str]] = []
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.reader(handle, delimiter=delimiter, quoting=quoting)
-        try:
-            header = next(reader)
-        except StopIteration:
-            raise ValueError(f"{path} is empty: expected a header row") from None
-        for row in reader:
-            if not row or all(not cell.strip() for cell in row):
-                continue
-            if len(row) != len(header):
-                problems.append({
-                    "where": f"{path.name}:{reader.line_num}",
-                    "item_id": "",
-                    "reason": f"malformed row: {len(row)} fields, expected {len(header)}",
-                })
-                continue
-            rows.append(row)
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle, delimiter=delimiter, quoting=quoting)
+            try:
+                header = [name.strip() for name in next(reader)]
+            except StopIteration:
+                raise ValueError(f"{path} is empty: expected a header row") from None
+            check_header(header, path)
+            for row in reader:
+                if not row or all(not cell.strip() for cell in row):
+                    continue
+                if len(row) != len(header):
+                    problems.append({
+                        "where": f"{path.name}:{reader.line_num}",
+                        "item_id": "",
+                        "reason": f"malformed row: {len(row)} fields, expected {len(header)}",
+                    })
+                    continue
+                rows.append(row)
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path} is not UTF-8 text ({error.reason} at byte {error.start}): save it as UTF-8 "
+                         "(\"CSV UTF-8\" in a spreadsheet) and load it again") from None
     return header, rows, problems
+
+
+def check_header(header: list[str], path: str | os.PathLike) -> None:
+    """A table's header must name each column once: a repeated name would make its cells ambiguous."""
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    if repeated:
+        raise ValueError(f"{path}: the header names column(s) {repeated} more than once; rename or drop the copies")
 
 
 def file_digest(path: str | Path, algorithm: str = "md5", chunk_size: int = 1 << 20) -> str:
@@ -92,8 +109,9 @@ def file_digest(path: str | Path, algorithm: str = "md5", chunk_size: int = 1 <<
 def connected_groups(keys: pd.DataFrame) -> pd.Series:
     """Group rows that share any non-empty key (union-find over the columns of ``keys``).
 
-    Items sharing an md5, a release or an artist end up in one group, transitively, so a
-    split by group never puts related items on both sides. Returns a group name per row.
+    Items sharing an md5, a release, an album or an artist end up in one group, transitively,
+    so a split by group never puts related items on both sides. A cell may hold a list (the
+    artists of a track): each of its values ties the row. Returns a group name per row.
     """
     parent = list(range(len(keys)))
 
@@ -105,15 +123,59 @@ def connected_groups(keys: pd.DataFrame) -> pd.Series:
 
     for column in keys.columns:
         first_seen: dict[str, int] = {}
-        for row, value in enumerate(keys[column].astype(str)):
-            if not value or value == "nan":
-                continue
-            key = f"{column}={value}"
-            if key in first_seen:
-                a, b = find(row), find(first_seen[key])
-                if a != b:
-                    parent[max(a, b)] = min(a, b)
-            else:
-                first_seen[key] = row
+        for row, cell in enumerate(keys[column]):
+            for value in (cell if isinstance(cell, (list, tuple)) else [cell]):
+                value = "" if value is None else str(value).strip()
+                if not value or value == "nan":
+                    continue
+                key = f"{column}={value}"
+                if key in first_seen:
+                    a, b = find(row), find(first_seen[key])
+                    if a != b:
+                        parent[max(a, b)] = min(a, b)
+                else:
+                    first_seen[key] = row
     roots = [find(i) for i in range(len(keys))]
     return pd.Series([f"g{root:06d}" for root in roots], index=keys.index)
+
+
+def missing_modality(items: pd.DataFrame, path_column: str, what: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split ``items`` into those with a file in ``path_column`` and the problems of those without.
+
+    A row's reason is its ``<modality>_error`` column when the catalogue (or the fetch that filled
+    it) recorded one, else "no <what> in the table".
+    """
+    has = items[path_column].fillna("").astype(str) != ""
+    error_column = path_column.replace("_path", "_error")
+    reasons = items.loc[~has, error_column] if error_column in items.columns else pd.Series("", index=items.index[~has])
+    problems = problems_frame([{"where": error_column if reason else path_column, "item_id": item_id,
+                                "reason": reason or f"no {what} in the table"}
+                               for item_id, reason in zip(items.loc[~has, "item_id"], reasons.fillna(""))])
+    return items[has], problems
+
+
+def input_file_problem(path: str | os.PathLike, max_bytes: int) -> str | None:
+    """Why ``path`` cannot be read as an input file, or ``None`` when it can.
+
+    An input must be a regular file (not a folder, a device such as ``/dev/zero`` or a pipe, which
+    could be read forever), not empty and at most ``max_bytes`` long; a path the file system
+    refuses (too long, not a folder on the way) is a reason, never an exception.
+    """
+    text = os.fspath(path)
+    try:
+        info = os.stat(text)
+    except FileNotFoundError:
+        return f"missing file: {text}"
+    except OSError as error:
+        if error.errno == errno.ENAMETOOLONG:
+            return f"path too long for the file system ({len(text)} characters): {text[:80]}…"
+        if error.errno == errno.ENOTDIR:
+            return f"missing file: {text} (a folder on its path is a file)"
+        return f"unreadable path: {text[:200]}: {error.strerror}"
+    if not stat.S_ISREG(info.st_mode):
+        return f"not a regular file: {text}"
+    if info.st_size == 0:
+        return f"empty file: {text}"
+    if info.st_size > max_bytes:
+        return f"too large: {Path(text).name} is {info.st_size:,} bytes (limit {max_bytes:,})"
+    return None

@@ -1,12 +1,14 @@
-"""MusicOSet's tab-separated tables → an album item table labelled with broad genres.
+"""MusicOSet's tab-separated tables, and the rule that labels a release by its artists' genres.
 
 The tables are tab-separated and unquoted (titles and names contain quote characters), so
 quoting is off and each row is checked by hand: a row broken over several lines is joined, a
 cell wrapped whole in double quotes (an export that quoted it) is unquoted, and a row whose
 field count still differs from the header's is dropped. Every repair and drop is counted.
 
-Albums are labelled from their artists' Spotify genres through a mapping table kept as data
-(``data/genre_map.csv``, ``genre,broad_genre``); see :func:`label_album` for the rule.
+Releases are labelled from their artists' Spotify genres through a mapping table kept as data
+(``data/genre_map.csv``, ``genre,broad_genre``); see :func:`label_album` for the rule and
+:class:`ArtistGenres` for applying it (the album builder in :mod:`acquire.musicoset`, paired
+catalogues labelled by rule in :mod:`data.paired`).
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from data.items import finish_table, problems_frame
+from data.items import problems_frame
 
 TABLES = {
     "artists": "musicoset_metadata/artists.csv",
@@ -155,100 +157,46 @@ def label_album(votes: list[Counter], first_main_genre: str | None) -> tuple[str
     return "", best / weight, f"tie between {'/'.join(tied)}"
 
 
-@dataclass
-class MusicosetBuild:
-    """The album item table and the record of how it was built."""
+class ArtistGenres:
+    """Artists' Spotify genres (``artists.csv``) and the rule that labels a release by its artists.
 
-    items: pd.DataFrame
-    problems: pd.DataFrame
-    unmapped_genres: pd.DataFrame
-    unlabelled: pd.DataFrame
-
-    def counts(self, label_sets: dict[str, list[str]]) -> dict[str, dict[str, int]]:
-        """Albums per class for each named label set."""
-        return {name: {label: int((self.items["label"] == label).sum()) for label in labels}
-                for name, labels in label_sets.items()}
-
-
-def build_musicoset_items(root: str | Path, genre_map: dict[str, str] | None = None) -> MusicosetBuild:
-    """Join artists → releases → albums (→ tracks → songs) and label each album.
-
-    One row per album with a label: ``item_id`` (``musicoset:<album_id>``), ``label``,
-    ``group`` (the first artist's id, so an artist never straddles splits), ``source``,
-    empty ``cover_path``/``audio_path`` (filled by the crawler), then ``album_id``,
-    ``artist_ids``/``artist_names`` (``|``-joined), ``cover_url`` (from ``albums.csv`` when it
-    is present, else empty: the crawler asks Spotify for it), ``label_share``, ``label_note``
-    and the album's most popular song (``track_id``, ``track_title``) for preview search.
+    The one implementation of MusicOSet's album rule (:func:`label_album`): the album builder and
+    a paired catalogue labelled by rule both call :meth:`label`, so the same artists get the same label.
     """
-    root = Path(root)
-    genre_map = load_genre_map() if genre_map is None else genre_map
-    tables, problems = load_musicoset_tables(root, ["artists", "releases", "songs", "tracks"])
-    problem_records = problems.to_dict(orient="records")
-    artists = tables["artists"].set_index("artist_id", drop=False)
 
-    genre_lists: dict[str, list[str]] = {}
-    for artist_id, cell in zip(artists["artist_id"], artists["genres"]):
-        try:
-            genre_lists[artist_id] = parse_genre_list(cell)
-        except (ValueError, SyntaxError) as error:
-            genre_lists[artist_id] = []
-            problem_records.append({"where": "artists.csv", "item_id": artist_id, "reason": f"genres unreadable: {error}"})
-    main_genre = {a: genre_map.get(g.strip().lower()) for a, g in zip(artists["artist_id"], artists["main_genre"])}
+    def __init__(self, artists: pd.DataFrame, genre_map: dict[str, str] | None = None) -> None:
+        self.genre_map = load_genre_map() if genre_map is None else genre_map
+        self.artists = artists.set_index("artist_id", drop=False)
+        self.problems: list[dict] = []
+        self.genre_lists: dict[str, list[str]] = {}
+        for artist_id, cell in zip(self.artists["artist_id"], self.artists["genres"]):
+            try:
+                self.genre_lists[artist_id] = parse_genre_list(cell)
+            except (ValueError, SyntaxError) as error:
+                self.genre_lists[artist_id] = []
+                self.problems.append({"where": "artists.csv", "item_id": artist_id,
+                                      "reason": f"genres unreadable: {error}"})
+        self.main_genre = {a: self.genre_map.get(g.strip().lower())
+                           for a, g in zip(self.artists["artist_id"], self.artists["main_genre"])}
 
-    releases = tables["releases"]
-    bad_ids = ~releases["album_id"].str.match(SPOTIFY_ID) | ~releases["artist_id"].str.match(SPOTIFY_ID)
-    for _, row in releases[bad_ids].iterrows():
-        problem_records.append({"where": "releases.csv", "item_id": row["album_id"], "reason": "malformed Spotify id"})
-    releases = releases[~bad_ids]
+    @classmethod
+    def from_root(cls, root: str | Path, genre_map: dict[str, str] | None = None) -> "ArtistGenres":
+        """From MusicOSet's ``artists.csv`` under ``root`` (the folder holding ``musicoset_metadata/``)."""
+        tables, problems = load_musicoset_tables(root, ["artists"])
+        genres = cls(tables["artists"], genre_map)
+        genres.problems = problems.to_dict(orient="records") + genres.problems
+        return genres
 
-    best_song = _most_popular_song_per_album(tables["tracks"], tables["songs"])
-    cover_urls = _cover_urls(root)
-    rows, unlabelled = [], []
-    for album_id, album_artists in releases.groupby("album_id", sort=False)["artist_id"]:
-        known = [a for a in album_artists if a in artists.index]
+    def known(self, artist_ids: list[str]) -> list[str]:
+        """The ids among ``artist_ids`` that ``artists.csv`` lists, in order."""
+        return [a for a in artist_ids if a in self.artists.index]
+
+    def label(self, artist_ids: list[str]) -> tuple[str, float, str]:
+        """``(label, share, note)`` of a release by these artists (first artist first); ``""`` when the rule
+        gives none, ``note`` saying why."""
+        known = self.known(artist_ids)
         if not known:
-            unlabelled.append({"album_id": album_id, "reason": "artist not in artists.csv"})
-            continue
-        votes = [artist_votes(genre_lists[a], genre_map) for a in known]
-        label, share, note = label_album(votes, main_genre.get(known[0]))
-        if not label:
-            unlabelled.append({"album_id": album_id, "reason": note})
-            continue
-        song = best_song.get(album_id, {})
-        rows.append({"item_id": f"musicoset:{album_id}", "label": label, "group": known[0], "source": "musicoset",
-                     "album_id": album_id, "artist_ids": "|".join(known),
-                     "artist_names": "|".join(artists.loc[known, "name"]), "cover_url": cover_urls.get(album_id, ""),
-                     "label_share": round(share, 4), "label_note": note,
-                     "track_id": song.get("song_id", ""), "track_title": song.get("song_name", "")})
-    items = finish_table(pd.DataFrame(rows))
-    return MusicosetBuild(items, problems_frame(problem_records), _unmapped(genre_lists, genre_map, releases),
-                          pd.DataFrame(unlabelled, columns=["album_id", "reason"]))
+            return "", 0.0, "artist not in artists.csv"
+        votes = [artist_votes(self.genre_lists[a], self.genre_map) for a in known]
+        return label_album(votes, self.main_genre.get(known[0]))
 
-
-def _most_popular_song_per_album(tracks: pd.DataFrame, songs: pd.DataFrame) -> dict[str, dict]:
-    joined = tracks.merge(songs[["song_id", "song_name", "popularity"]], on="song_id", how="inner")
-    joined["popularity"] = pd.to_numeric(joined["popularity"], errors="coerce").fillna(-1)
-    best = joined.sort_values(["album_id", "popularity", "song_id"], ascending=[True, False, True])
-    return best.drop_duplicates("album_id").set_index("album_id")[["song_id", "song_name"]].to_dict(orient="index")
-
-
-def _cover_urls(root: Path) -> dict[str, str]:
-    path = root / ALBUMS_TABLE
-    if not path.is_file():
-        return {}
-    albums = read_tsv_repairing(path).frame
-    return dict(zip(albums["album_id"], albums["image_url"])) if "image_url" in albums.columns else {}
-
-
-def _unmapped(genre_lists: dict[str, list[str]], genre_map: dict[str, str], releases: pd.DataFrame) -> pd.DataFrame:
-    """Fine genres the map lacks, with how many artists and albums carry them (to extend the map)."""
-    albums_per_artist = releases["artist_id"].value_counts()
-    n_artists: Counter = Counter()
-    n_albums: Counter = Counter()
-    for artist_id, genres in genre_lists.items():
-        for genre in set(genres) - set(genre_map):
-            n_artists[genre] += 1
-            n_albums[genre] += int(albums_per_artist.get(artist_id, 0))
-    table = pd.DataFrame({"genre": list(n_artists), "artists": list(n_artists.values()),
-                          "albums": [n_albums[g] for g in n_artists]}, columns=["genre", "artists", "albums"])
-    return table.sort_values(["albums", "artists", "genre"], ascending=[False, False, True]).reset_index(drop=True)

@@ -26,6 +26,8 @@ class PreparedData:
     spec: SplitSpec
     counts: dict[str, Any] = field(default_factory=dict)
     problems: pd.DataFrame | None = None
+    #: The data's name (its config's ``name``), for titles and model cards.
+    name: str = ""
 
     def part(self, name: str) -> pd.DataFrame:
         return self.items[self.items["split"] == name]

@@ -1,7 +1,6 @@
 """The one split definition: seeded, stratified, group-aware by default, saved and reused."""
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -9,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, train_test_split
+
+from engine.io import atomic_path, write_json
 
 log = logging.getLogger(__name__)
 
@@ -131,16 +132,14 @@ def load_or_make_split(items: pd.DataFrame, spec: SplitSpec, path: str | Path, l
         leaks = straddling_groups(split)
         if leaks:
             raise AssertionError(f"group split leaks {len(leaks)} groups, e.g. {leaks[:3]}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    split.to_csv(tmp, index=False)
-    tmp.replace(path)
+    with atomic_path(path) as temporary:
+        split.to_csv(temporary, index=False)
     meta = {
         **asdict(spec),
         "label_set": list(label_set),
         "counts": split_counts(split).to_dict(orient="index"),
         "straddling_groups": len(straddling_groups(split)),
     }
-    meta_path.write_text(json.dumps(meta, indent=2))
+    write_json(meta_path, meta)
     log.info("saved split %s", path)
     return split

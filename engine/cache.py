@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from engine.io import atomic_path
 
 
 def cache_key(content_hash: str, params: dict[str, Any]) -> str:
@@ -31,12 +32,8 @@ class _DiskCache:
         return self.root / key[:2] / f"{key}{self.suffix}"
 
     def _write(self, key: str, write) -> None:
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as handle:
+        with atomic_path(self._path(key)) as temporary, open(temporary, "wb") as handle:
             write(handle)
-        tmp.replace(path)
 
 
 class JsonCache(_DiskCache):

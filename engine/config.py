@@ -3,10 +3,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import fields
+from pathlib import Path
 from typing import Any
 
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from data.labels import LABEL_SETS
+from data.prepare import PreparedData, prepare_items
 from data.root import resolve_data_root
 from data.splits import SplitSpec
 from engine.trainer import TrainerConfig, balanced_class_weights
@@ -17,10 +21,22 @@ def _data_path(relative: str, *, _root_: DictConfig) -> str:
     return str(resolve_data_root(configured) / relative)
 
 
-def register_resolvers() -> None:
-    """``${data_root:covers/covers.csv}`` → the file under the resolved data root."""
+def register_configs() -> None:
+    """What every entry point registers before Hydra composes its config.
+
+    - the resolver ``${data_root:covers/covers.csv}`` → that file under the resolved data root;
+    - the ``labels`` config group, one entry per :data:`data.labels.LABEL_SETS` (its one
+      definition), so ``labels=paper5`` works without a YAML copy that could disagree with it.
+    """
+    from hydra.core.config_store import ConfigStore
+
     if not OmegaConf.has_resolver("data_root"):
         OmegaConf.register_new_resolver("data_root", _data_path)
+    store = ConfigStore.instance()
+    for label_set in LABEL_SETS.values():
+        store.store(group="labels", name=label_set.name,
+                    node={"name": label_set.name, "classes": list(label_set.classes),
+                          "aliases": dict(label_set.aliases)})
 
 
 def _dataclass_from(cls: type, node: DictConfig | dict, where: str) -> Any:
@@ -48,7 +64,44 @@ def trainer_config(cfg: DictConfig, override: DictConfig | dict | None = None,
     return _dataclass_from(TrainerConfig, merged, "trainer")
 
 
-def split_spec(cfg: DictConfig) -> SplitSpec:
-    node = OmegaConf.to_container(cfg.split, resolve=True)
-    node.pop("name", None)
-    return _dataclass_from(SplitSpec, node, "split")
+def split_spec(node: DictConfig) -> SplitSpec:
+    """A ``split`` config node as a checked :class:`SplitSpec` (a misspelt key is an error naming the known ones)."""
+    values = OmegaConf.to_container(node, resolve=True)
+    values.pop("name", None)
+    return _dataclass_from(SplitSpec, values, "split")
+
+
+def branch_data(cfg: DictConfig, branch: DictConfig) -> DictConfig:
+    """The data a branch reads: the run's paired catalogue (``cfg.data``) when there is one, else its own."""
+    return cfg.data if cfg.get("data") else branch.data
+
+
+def branch_split(cfg: DictConfig, branch: DictConfig) -> DictConfig:
+    """The split a branch uses: a paired catalogue's one split (``cfg.split``) for both branches; without
+    one, the branch's own (GTZAN audio's artist-filtered split) or else ``cfg.split``."""
+    if cfg.get("data"):
+        return cfg.split
+    return branch.get("split") or cfg.split
+
+
+def prepare_from_config(cfg: DictConfig, branch: DictConfig, run_dir: Path) -> PreparedData:
+    """Load ``branch.data.loader``, apply ``cfg.labels``, load/make the branch's split, record load problems.
+
+    The split is saved as ``<splits_dir>/<data name>-<label set>-<protocol>-s<seed>.csv``, so every
+    branch (and fusion) given the same data, label set and protocol shares one split.
+    """
+    data_cfg = branch_data(cfg, branch)
+    loaded = instantiate(data_cfg.loader)
+    spec = split_spec(branch_split(cfg, branch))
+    split_name = f"{data_cfg.name}-{cfg.labels.name}-{spec.protocol}-s{spec.seed}"
+    if spec.protocol == "predefined":
+        split_name = f"{data_cfg.name}-{cfg.labels.name}-{Path(spec.predefined_path).name}"
+    prepared = prepare_items(
+        loaded, list(cfg.labels.classes), spec, Path(cfg.paths.splits_dir) / f"{split_name}.csv",
+        aliases=dict(cfg.labels.aliases), dedupe_on=data_cfg.get("dedupe_on"),
+    )
+    prepared.name = data_cfg.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if len(loaded.problems):
+        loaded.problems.to_csv(run_dir / "load_problems.csv", index=False)
+    return prepared

@@ -8,6 +8,9 @@ from typing import Any
 
 import numpy as np
 
+from engine.io import write_json, write_text_atomic
+
+#: The metrics every table and summary quotes, each with its bootstrap interval in ``ci95``.
 HEADLINE = ("accuracy", "balanced_accuracy", "macro_f1")
 
 
@@ -56,15 +59,41 @@ def bootstrap_intervals(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int, 
     return {name: np.percentile(scores[name], [tail, 100 - tail]).tolist() for name in HEADLINE}
 
 
+def group_bootstrap_intervals(y_true: np.ndarray, y_pred: np.ndarray, groups: Sequence[str], n_classes: int,
+                              n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict[str, list[float]]:
+    """Percentile intervals resampling whole groups (albums, artists) instead of items.
+
+    Tracks of one album share a cover and an artist's tracks share a sound, so they are not
+    independent: resampling items would understate the uncertainty. Each bootstrap draw picks
+    as many groups as there are, with replacement, and pools their items.
+    """
+    codes, group_index = np.unique(np.asarray(groups, dtype=str), return_inverse=True)
+    per_group = np.zeros((len(codes), n_classes, n_classes))
+    np.add.at(per_group, (group_index, y_true, y_pred), 1)
+    rng = np.random.default_rng(seed)
+    draws = rng.multinomial(len(codes), np.full(len(codes), 1 / len(codes)), size=n_boot)
+    scores = scores_from_confusion(np.einsum("bg,gij->bij", draws, per_group))
+    tail = (1 - level) / 2 * 100
+    return {name: np.percentile(scores[name], [tail, 100 - tail]).tolist() for name in HEADLINE}
+
+
 def evaluate_predictions(y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[str],
-                         n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
-    """Every number a report carries, as a JSON-ready dict (class indices index ``labels``)."""
+                         n_boot: int = 1000, seed: int = 0, groups: Sequence[str] | None = None) -> dict[str, Any]:
+    """Every number a report carries, as a JSON-ready dict (class indices index ``labels``).
+
+    With ``groups`` (the item's album/artist group), ``ci95_by_group`` adds intervals that resample
+    groups (:func:`group_bootstrap_intervals`) and ``n_groups`` says how many there were.
+    """
     y_true, y_pred = np.asarray(y_true, dtype=int), np.asarray(y_pred, dtype=int)
     if y_true.shape != y_pred.shape or y_true.ndim != 1 or len(y_true) == 0:
         raise ValueError(f"need two equal-length, non-empty label vectors, got {y_true.shape} and {y_pred.shape}")
     k = len(labels)
     cm = confusion_matrices(y_true, y_pred, k)
     scores = scores_from_confusion(cm)
+    by_group = {}
+    if groups is not None:
+        by_group = {"n_groups": len(set(groups)),
+                    "ci95_by_group": group_bootstrap_intervals(y_true, y_pred, groups, k, n_boot, seed)}
     return {
         "n": int(len(y_true)),
         "labels": list(labels),
@@ -76,6 +105,7 @@ def evaluate_predictions(y_true: Sequence[int], y_pred: Sequence[int], labels: S
             for i, label in enumerate(labels)
         },
         "confusion": cm.tolist(),
+        **by_group,
     }
 
 
@@ -146,39 +176,20 @@ def write_report(run_dir: str | Path, metrics: dict[str, Any], title: str = "",
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / "metrics.json", {**(extra or {}), **metrics})
     header = f"{title}\n\n" if title else ""
-    (run_dir / "report.txt").write_text(header + format_classification_report(metrics))
+    write_text_atomic(run_dir / "report.txt", header + format_classification_report(metrics))
     plot_confusions([(title or "test", metrics)], run_dir / "confusion.png")
+
+
+def headline(metrics: dict[str, Any], names: Sequence[str] = HEADLINE) -> dict[str, Any]:
+    """The part of a metrics dict that tables, model cards and sweep summaries quote: n, ``names``, intervals."""
+    return {"n": metrics.get("n"), **{name: metrics.get(name) for name in names},
+            "ci95": {name: metrics["ci95"][name] for name in names if name in metrics.get("ci95", {})}}
 
 
 def add_to_metrics(run_dir: str | Path, **fields: Any) -> None:
     """Add fields to a run's ``metrics.json`` (results computed after the report, e.g. a reference model)."""
     path = Path(run_dir) / "metrics.json"
     write_json(path, {**json.loads(path.read_text()), **fields})
-
-
-def _finite_or_null(value: Any) -> Any:
-    """``payload`` with numpy scalars as Python numbers and every NaN/±inf as ``None``, however deeply nested."""
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float):
-        return value if np.isfinite(value) else None
-    if isinstance(value, dict):
-        return {key: _finite_or_null(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite_or_null(item) for item in value]
-    return value
-
-
-def write_json(path: str | Path, payload: Any) -> None:
-    """Write strict JSON atomically (temporary name, then rename).
-
-    An undefined number (NaN, ±inf) is written as ``null``: Python would write the bare token
-    ``NaN``, which jq, JavaScript and other strict JSON readers reject.
-    """
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(_finite_or_null(payload), indent=2, default=str, allow_nan=False))
-    tmp.replace(path)
 
 
 def mcnemar(y_true: Sequence[int], pred_a: Sequence[int], pred_b: Sequence[int]) -> dict[str, float]:
@@ -193,10 +204,19 @@ def mcnemar(y_true: Sequence[int], pred_a: Sequence[int], pred_b: Sequence[int])
 
 
 def paired_accuracy_difference(y_true: Sequence[int], pred_a: Sequence[int], pred_b: Sequence[int],
-                               n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
-    """Accuracy of a minus accuracy of b on the same items, with a paired bootstrap 95% interval."""
+                               n_boot: int = 2000, seed: int = 0, groups: Sequence[str] | None = None) -> dict[str, Any]:
+    """Accuracy of a minus accuracy of b on the same items, with a paired bootstrap 95% interval.
+
+    With ``groups``, ``ci95_by_group`` resamples whole groups (see :func:`group_bootstrap_intervals`).
+    """
     y_true, pred_a, pred_b = (np.asarray(v) for v in (y_true, pred_a, pred_b))
     diff_per_item = (pred_a == y_true).astype(float) - (pred_b == y_true).astype(float)
     rng = np.random.default_rng(seed)
     boots = diff_per_item[rng.integers(0, len(diff_per_item), size=(n_boot, len(diff_per_item)))].mean(1)
-    return {"difference": float(diff_per_item.mean()), "ci95": np.percentile(boots, [2.5, 97.5]).tolist()}
+    result = {"difference": float(diff_per_item.mean()), "ci95": np.percentile(boots, [2.5, 97.5]).tolist()}
+    if groups is not None:
+        codes, index = np.unique(np.asarray(groups, dtype=str), return_inverse=True)
+        sums, sizes = np.bincount(index, diff_per_item, len(codes)), np.bincount(index, minlength=len(codes))
+        draws = np.random.default_rng(seed).multinomial(len(codes), np.full(len(codes), 1 / len(codes)), size=n_boot)
+        result["ci95_by_group"] = np.percentile((draws @ sums) / (draws @ sizes), [2.5, 97.5]).tolist()
+    return result

@@ -1,4 +1,5 @@
-"""Run folders: machine description, model card, and the train → test → report sequence every model uses."""
+"""Run folders: machine description, model card, and the fit → held-out predictions → report sequence
+every model (torch or scikit-learn) goes through."""
 from __future__ import annotations
 
 import logging
@@ -6,7 +7,7 @@ import os
 import platform
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from importlib import metadata as importlib_metadata
 from pathlib import Path
@@ -18,8 +19,10 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from engine.report import evaluate_predictions, write_json, write_report
-from engine.trainer import FitResult, TrainerConfig, fit, predict_proba
+from engine.io import write_json
+from engine.predictions import write_predictions
+from engine.report import evaluate_predictions, headline, write_report
+from engine.trainer import TrainerConfig, fit
 
 log = logging.getLogger(__name__)
 
@@ -61,78 +64,72 @@ def write_model_card(run_dir: str | Path, **fields: Any) -> None:
     write_json(Path(run_dir) / "model_card.json", {**fields, "machine": machine_info()})
 
 
-def train_evaluate(
-    model: nn.Module,
-    train_set: Dataset,
-    val_set: Dataset,
-    test_set: Dataset,
-    y_test: Sequence[int],
-    labels: Sequence[str],
-    trainer_config: TrainerConfig,
-    run_dir: str | Path,
-    title: str,
-    card: dict[str, Any],
-    test_groups: Sequence[str] | None = None,
-    checkpoint_metadata: dict[str, Any] | None = None,
-) -> tuple[dict[str, Any], np.ndarray, FitResult]:
-    """Fit, predict the test set with the best weights, write the report and model card.
+#: Columns of a branch's ``predictions.csv`` besides ``predicted`` and the class probabilities.
+PREDICTION_COLUMNS = ["item_id", "split", "label", "y", "group"]
 
-    With ``test_groups`` (e.g. the parent clip of each 3-second segment) the test items'
-    probabilities are averaged per group and the report is on groups; the item-level accuracy
-    is kept as ``item_accuracy``. ``checkpoint_metadata`` is stored in the checkpoint beside the
-    labels (what a scorer needs to rebuild the model and its inputs).
-    Returns ``(metrics, test_probabilities, fit_result)`` (probabilities per item, not per group).
+
+def report_held_out(run_dir: str | Path, held: pd.DataFrame, proba: np.ndarray, labels: Sequence[str], title: str,
+                    card: dict[str, Any], seed: int = 0, extra: dict[str, Any] | None = None,
+                    predictions: bool = True) -> dict[str, Any]:
+    """The one report of a trained model: test metrics, report files, model card, held-out predictions.
+
+    ``held`` holds the validation and test items (columns ``item_id, split, label, y, group``) and
+    ``proba`` their class probabilities from the branch's predict path. The report is on the
+    ``test`` rows; ``predictions.csv`` (what fusion reads) gets every held row. ``extra`` is
+    added to ``metrics.json`` and the model card (training record, item-level accuracy, …).
+    Returns the test metrics.
     """
     run_dir = Path(run_dir)
-    result = fit(model, train_set, val_set, trainer_config, run_dir,
-                 metadata={"labels": list(labels), "card": card, **(checkpoint_metadata or {})})
-    proba = predict_proba(model, test_set, device=trainer_config.device)
-    extra: dict[str, Any] = {}
-    y_eval, proba_eval = np.asarray(y_test), proba
-    if test_groups is not None:
-        extra["item_accuracy"] = float((proba.argmax(1) == y_eval).mean())
-        extra["aggregated_over"] = "mean probability of each group's items"
-        _, y_eval, proba_eval = mean_by_group(test_groups, y_eval, proba)
-    metrics = evaluate_predictions(y_eval, proba_eval.argmax(1), labels, seed=trainer_config.seed)
-    metrics.update(extra)
-    training = {"best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
-                "stopped_early": result.stopped_early, "seconds": round(result.seconds, 2)}
-    write_report(run_dir, metrics, title=title, extra={"training": training, **card})
-    write_model_card(run_dir, **card, trainer=asdict(trainer_config), training=training,
-                     metrics={k: metrics[k] for k in ("n", "accuracy", "balanced_accuracy", "macro_f1", "ci95")})
+    test = (held["split"] == "test").to_numpy()
+    if not test.any():
+        raise ValueError(f"{title}: no test items to report on")
+    metrics = evaluate_predictions(held["y"].to_numpy()[test], proba[test].argmax(1), labels, seed=seed)
+    metrics.update(extra or {})
+    write_report(run_dir, metrics, title=title, extra=card)
+    write_model_card(run_dir, **card, **(extra or {}), metrics=headline(metrics))
+    if predictions:
+        write_predictions(run_dir / "predictions.csv", held[PREDICTION_COLUMNS], proba, labels)
     log.info("%s: accuracy %.4f (95%% CI %.4f–%.4f), report in %s", title, metrics["accuracy"],
              *metrics["ci95"]["accuracy"], run_dir)
-    return metrics, proba, result
+    return metrics
 
 
-def mean_by_group(groups: Sequence[str], y: Sequence[int], proba: np.ndarray) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Average item probabilities per group (first-seen order); a group's items share one label.
+def held_out(items: pd.DataFrame) -> np.ndarray:
+    """Mask of the validation and test items (what a branch predicts for fusion)."""
+    return items["split"].isin(["val", "test"]).to_numpy()
 
-    Returns ``(group_ids, y_per_group, proba_per_group)``.
+
+def train_and_report(model: nn.Module, train_set: Dataset, val_set: Dataset, trainer_config: TrainerConfig,
+                     run_dir: str | Path, labels: Sequence[str], title: str, card: dict[str, Any],
+                     predict_held_out: Callable[[nn.Module], tuple[pd.DataFrame, np.ndarray, dict[str, Any]]],
+                     checkpoint_metadata: dict[str, Any] | None = None
+                     ) -> tuple[dict[str, Any], pd.DataFrame, np.ndarray]:
+    """Fit with the one trainer, predict the held-out items through the branch's predict path, report.
+
+    ``predict_held_out(model)`` returns ``(held items, probabilities, extra metrics)``, the
+    model carrying its best weights. ``checkpoint_metadata`` is stored in the checkpoint beside
+    the labels and card (what a predict path needs to rebuild the model and its inputs).
+    Returns ``(test metrics, held items, their probabilities)``.
     """
-    frame = pd.DataFrame(proba).assign(_group=list(groups), _y=np.asarray(y))
-    if (frame.groupby("_group", sort=False)["_y"].nunique() > 1).any():
-        raise ValueError("items of one group carry different labels; cannot aggregate")
-    grouped = frame.groupby("_group", sort=False)
-    return list(grouped.groups), grouped["_y"].first().to_numpy(), grouped[list(range(proba.shape[1]))].mean().to_numpy()
+    result = fit(model, train_set, val_set, trainer_config, run_dir,
+                 metadata={"labels": list(labels), "card": card, **(checkpoint_metadata or {})})
+    held, proba, extra = predict_held_out(model)
+    training = {"best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
+                "stopped_early": result.stopped_early, "seconds": round(result.seconds, 2)}
+    metrics = report_held_out(run_dir, held, proba, labels, title, {**card, "trainer": asdict(trainer_config)},
+                              seed=trainer_config.seed, extra={"training": training, **extra})
+    return metrics, held, proba
 
 
-def evaluate_estimator(
-    estimator: Any,
-    x_train: np.ndarray,
-    y_train: np.ndarray,
-    x_test: np.ndarray,
-    y_test: np.ndarray,
-    labels: Sequence[str],
-    run_dir: str | Path,
-    title: str,
-    card: dict[str, Any],
-    seed: int = 0,
-) -> tuple[dict[str, Any], np.ndarray]:
-    """The scikit-learn counterpart of :func:`train_evaluate`: ``fit`` → ``predict_proba`` → the same report.
+def fit_estimator_and_report(estimator: Any, x_train: np.ndarray, y_train: np.ndarray, held: pd.DataFrame,
+                             x_held: np.ndarray, labels: Sequence[str], run_dir: str | Path, title: str,
+                             card: dict[str, Any], seed: int = 0,
+                             predictions: bool = True) -> tuple[dict[str, Any], np.ndarray]:
+    """The scikit-learn counterpart of :func:`train_and_report`: ``fit`` → ``predict_proba`` → the same report.
 
-    The fitted estimator is saved as ``model.joblib``. Returns ``(metrics, test_probabilities)``
-    with one column per entry of ``labels`` (a class absent from training gets probability 0).
+    The fitted estimator is saved as ``model.joblib`` (a pickle: load only files you made; no
+    genrefusion predict path reads it). Returns ``(test metrics, held-out probabilities)`` with
+    one column per entry of ``labels`` (a class absent from training gets probability 0).
     """
     import joblib
 
@@ -141,11 +138,9 @@ def evaluate_estimator(
     started = time.perf_counter()
     estimator.fit(x_train, y_train)
     seconds = time.perf_counter() - started
-    proba = np.zeros((len(x_test), len(labels)))
-    proba[:, estimator.classes_] = estimator.predict_proba(x_test)
-    metrics = evaluate_predictions(y_test, proba.argmax(1), labels, seed=seed)
-    write_report(run_dir, metrics, title=title, extra={"training": {"seconds": round(seconds, 2)}, **card})
-    write_model_card(run_dir, **card, estimator=repr(estimator),
-                     metrics={k: metrics[k] for k in ("n", "accuracy", "balanced_accuracy", "macro_f1", "ci95")})
+    proba = np.zeros((len(x_held), len(labels)))
+    proba[:, estimator.classes_] = estimator.predict_proba(x_held)
+    metrics = report_held_out(run_dir, held, proba, labels, title, {**card, "estimator": repr(estimator)}, seed=seed,
+                              extra={"training": {"seconds": round(seconds, 2)}}, predictions=predictions)
     joblib.dump(estimator, run_dir / "model.joblib")
     return metrics, proba

@@ -4,15 +4,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from engine.report import write_json
+from engine.io import write_json
+from engine.report import HEADLINE, headline
+
+#: Column titles of the headline metrics in printed tables.
+TITLES = {"accuracy": "accuracy", "balanced_accuracy": "balanced acc.", "macro_f1": "macro-F1"}
 
 
 def results_table(rows: dict[str, dict[str, Any]]) -> str:
     """Markdown table: one row per model, headline metrics with their 95% bootstrap intervals."""
-    lines = ["| model | n | accuracy | balanced acc. | macro-F1 |", "|---|---|---|---|---|"]
+    lines = ["| model | n | " + " | ".join(TITLES[k] for k in HEADLINE) + " |", "|---|---|" + "---|" * len(HEADLINE)]
     for name, m in rows.items():
-        cells = [f"{m[k]:.3f} [{m['ci95'][k][0]:.3f}, {m['ci95'][k][1]:.3f}]"
-                 for k in ("accuracy", "balanced_accuracy", "macro_f1")]
+        cells = [f"{m[k]:.3f} [{m['ci95'][k][0]:.3f}, {m['ci95'][k][1]:.3f}]" for k in HEADLINE]
         lines.append(f"| {name} | {m['n']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -21,9 +24,7 @@ def print_results(rows: dict[str, dict[str, Any]], run_dir: Path, figures: list[
     """Print the table and write it as ``results.md`` and ``results.json`` (what sweep summaries read)."""
     table = results_table(rows)
     (run_dir / "results.md").write_text(table + "\n")
-    write_json(run_dir / "results.json", {name: {k: m.get(k) for k in ("n", "accuracy", "balanced_accuracy",
-                                                                       "macro_f1", "ci95", "pairing")}
-                                          for name, m in rows.items()})
+    write_json(run_dir / "results.json", {name: {**headline(m), "pairing": m.get("pairing")} for name, m in rows.items()})
     listed = "".join(f"\n  {path}" for path in figures or [])
     print("\n" + table + "\n\n(95% bootstrap intervals in brackets)" + (f"\nFigures:{listed}" if listed else "")
           + "\nRun folder: " + str(run_dir))

@@ -22,11 +22,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from engine.inference import (BEST_CHECKPOINT, RESUME_CHECKPOINT, autocast, read_checkpoint, resolve_device,
+                              save_checkpoint, to_device)
+from engine.io import atomic_path
+
 log = logging.getLogger(__name__)
-
-BEST_CHECKPOINT = "checkpoint.pt"
-RESUME_CHECKPOINT = "last.pt"
-
 
 @dataclass
 class TrainerConfig:
@@ -78,30 +78,11 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"trainer.device={name} but no CUDA device is available; use device=cpu or auto")
-    return device
-
-
 def balanced_class_weights(targets: Sequence[int], n_classes: int) -> list[float]:
     """Weights ``n / (k · count_c)`` (scikit-learn's 'balanced'); a class absent from training gets 0."""
     counts = np.bincount(np.asarray(targets, dtype=int), minlength=n_classes).astype(float)
     weights = np.where(counts > 0, counts.sum() / (n_classes * np.maximum(counts, 1)), 0.0)
     return weights.tolist()
-
-
-def _to_device(inputs: Any, device: torch.device) -> Any:
-    if isinstance(inputs, (tuple, list)):
-        return type(inputs)(_to_device(x, device) for x in inputs)
-    return inputs.to(device, non_blocking=True)
-
-
-def _autocast(device: torch.device, enabled: bool):
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
 
 
 def _loader(dataset: Dataset, config: TrainerConfig, shuffle: bool, epoch: int = 0) -> DataLoader:
@@ -127,8 +108,8 @@ def _run_epoch(model, loader, criterion, device, config, optimizer=None, desc=""
     batches = tqdm(loader, desc=desc, leave=False, disable=not config.progress)
     with torch.set_grad_enabled(training):
         for inputs, targets in batches:
-            inputs, targets = _to_device(inputs, device), targets.to(device)
-            with _autocast(device, config.amp):
+            inputs, targets = to_device(inputs, device), targets.to(device)
+            with autocast(device, config.amp):
                 logits = model(inputs)
             loss_sum = criterion(logits.float(), targets)
             weight = criterion.weight[targets].sum().item() if criterion.weight is not None else float(len(targets))
@@ -184,7 +165,7 @@ def fit(
     best_state = copy.deepcopy(model.state_dict())
     resume_path = run_dir / RESUME_CHECKPOINT
     if resume and resume_path.is_file():
-        saved = torch.load(resume_path, map_location=device, weights_only=False)
+        saved = read_checkpoint(resume_path)
         if saved["config"] != asdict(config):
             raise ValueError(f"{resume_path} was written with another trainer config; use a new run folder")
         model.load_state_dict(saved["model_state"])
@@ -215,22 +196,21 @@ def fit(
         if improved:
             state.update(best_val_loss=val_loss, best_epoch=epoch, bad_epochs=0)
             best_state = copy.deepcopy(model.state_dict())
-            torch.save({"model_state": best_state, "epoch": epoch, "val_loss": val_loss,
-                        "trainer": asdict(config), **(metadata or {})}, run_dir / BEST_CHECKPOINT)
+            save_checkpoint({"model_state": best_state, "epoch": epoch, "val_loss": val_loss,
+                             "trainer": asdict(config), **(metadata or {})}, run_dir / BEST_CHECKPOINT)
         else:
             state["bad_epochs"] += 1
         state["epoch"] = epoch
         state["history"].append({"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
                                  "val_loss": val_loss, "val_acc": val_acc, "lr": lr,
                                  "seconds": time.perf_counter() - tic})
-        pd.DataFrame(state["history"]).to_csv(run_dir / "history.csv", index=False)
+        with atomic_path(run_dir / "history.csv") as temporary:
+            pd.DataFrame(state["history"]).to_csv(temporary, index=False)
         stopped_early = state["bad_epochs"] >= config.patience
-        tmp = resume_path.with_suffix(".tmp")
-        torch.save({"model_state": model.state_dict(), "optimizer_state": optimizer.state_dict(),
-                    "scheduler_state": scheduler.state_dict() if scheduler else None,
-                    "best_state": best_state, "loop_state": state, "torch_rng": torch.get_rng_state(),
-                    "config": asdict(config)}, tmp)
-        tmp.replace(resume_path)
+        save_checkpoint({"model_state": model.state_dict(), "optimizer_state": optimizer.state_dict(),
+                         "scheduler_state": scheduler.state_dict() if scheduler else None,
+                         "best_state": best_state, "loop_state": state, "torch_rng": torch.get_rng_state(),
+                         "config": asdict(config)}, resume_path)
         epochs.set_postfix(train_loss=f"{train_loss:.3f}", val_loss=f"{val_loss:.3f}", val_acc=f"{val_acc:.3f}")
         if stop_after_epoch is not None and epoch >= stop_after_epoch:
             break
@@ -240,29 +220,3 @@ def fit(
         stopped_early=stopped_early, history=pd.DataFrame(state["history"]),
         checkpoint_path=run_dir / BEST_CHECKPOINT, seconds=time.perf_counter() - started,
     )
-
-
-@torch.no_grad()
-def predict_proba(model: nn.Module, dataset: Dataset, batch_size: int = 256, device: str = "auto",
-                  progress: bool = False) -> np.ndarray:
-    """Class probabilities ``(n_items, n_classes)`` in dataset order."""
-    device_ = resolve_device(device)
-    model.to(device_).eval()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    chunks = []
-    for inputs, _ in tqdm(loader, desc="predict", leave=False, disable=not progress):
-        with _autocast(device_, True):
-            logits = model(_to_device(inputs, device_))
-        chunks.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
-    return np.concatenate(chunks) if chunks else np.zeros((0, 0))
-
-
-def load_checkpoint(path: str | Path, model: nn.Module | None = None) -> dict[str, Any]:
-    """Read a ``checkpoint.pt``; with ``model``, load its weights into it. Returns the whole record."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"No checkpoint at {path}")
-    record = torch.load(path, map_location="cpu", weights_only=False)
-    if model is not None:
-        model.load_state_dict(record["model_state"])
-    return record

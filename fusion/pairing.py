@@ -10,13 +10,19 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-PAIR_COLUMNS = ["fused_id", "split", "label", "y", "cover_item_id", "audio_item_id"]
+PAIR_COLUMNS = ["fused_id", "split", "label", "y", "group", "cover_item_id", "audio_item_id"]
 
 
 def real_pairs(covers: pd.DataFrame, audio: pd.DataFrame) -> pd.DataFrame:
-    """Items present in both branch outputs under the same ``item_id``, plus single-modality rest."""
-    merged = covers[["item_id", "split", "label", "y"]].merge(
-        audio[["item_id", "split", "label", "y"]], on="item_id", how="outer", suffixes=("_c", "_a"), indicator=True
+    """Items present in both branch outputs under the same ``item_id``, plus single-modality rest.
+
+    ``group`` (album/artist group, for intervals that resample groups) is the item's own id when an
+    output has no group column.
+    """
+    covers, audio = (t if "group" in t.columns else t.assign(group=t["item_id"]) for t in (covers, audio))
+    merged = covers[["item_id", "split", "label", "y", "group"]].merge(
+        audio[["item_id", "split", "label", "y", "group"]], on="item_id", how="outer", suffixes=("_c", "_a"),
+        indicator=True
     )
     both = merged[merged["_merge"] == "both"]
     if ((both["split_c"] != both["split_a"]) | (both["label_c"] != both["label_a"])).any():
@@ -26,6 +32,7 @@ def real_pairs(covers: pd.DataFrame, audio: pd.DataFrame) -> pd.DataFrame:
         "split": merged["split_c"].fillna(merged["split_a"]),
         "label": merged["label_c"].fillna(merged["label_a"]),
         "y": merged["y_c"].fillna(merged["y_a"]).astype(int),
+        "group": merged["group_c"].fillna(merged["group_a"]),
         "cover_item_id": merged["item_id"].where(merged["_merge"] != "right_only", ""),
         "audio_item_id": merged["item_id"].where(merged["_merge"] != "left_only", ""),
     })
@@ -51,7 +58,8 @@ def synthetic_pairs(covers: pd.DataFrame, audio: pd.DataFrame, seed: int) -> pd.
         c_ids += [""] * (n - len(c_ids))
         a_ids += [""] * (n - len(a_ids))
         for cover_id, audio_id in zip(c_ids, a_ids):
-            rows.append({"fused_id": f"{cover_id or '-'}+{audio_id or '-'}", "split": split, "label": label, "y": y,
+            fused_id = f"{cover_id or '-'}+{audio_id or '-'}"
+            rows.append({"fused_id": fused_id, "split": split, "label": label, "y": y, "group": fused_id,
                          "cover_item_id": cover_id, "audio_item_id": audio_id})
     return pd.DataFrame(rows, columns=PAIR_COLUMNS)
 

@@ -14,11 +14,10 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from data.labels import LABEL_SETS  # noqa: E402
-from data.musicoset import GENRE_MAP, build_musicoset_items, load_genre_map  # noqa: E402
-from data.root import resolve_data_root  # noqa: E402
+from data.labels import LABEL_SETS
+from acquire.musicoset import build_musicoset_items
+from data.musicoset import GENRE_MAP, load_genre_map
+from data.root import resolve_data_root
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "albums_labelled": len(build.items),
         "albums_per_class": build.items["label"].value_counts().to_dict(),
-        "label_sets": build.counts({name: LABEL_SETS[name] for name in ("paper3", "paper4", "paper5")}),
+        "label_sets": build.counts({name: list(LABEL_SETS[name].classes) for name in ("paper3", "paper4", "paper5")}),
         "rows_repaired": int(reasons.str.startswith("repaired").sum()),
         "rows_dropped": int(reasons.str.startswith("malformed row").sum()),
         "other_problems": int((~reasons.str.startswith(("repaired", "malformed row"))).sum()),

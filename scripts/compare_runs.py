@@ -11,11 +11,9 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import pandas as pd  # noqa: E402
-
-from engine.report import evaluate_predictions, mcnemar, paired_accuracy_difference, write_json  # noqa: E402
+from engine.io import write_json
+from engine.predictions import read_predictions
+from engine.report import evaluate_predictions, mcnemar, paired_accuracy_difference
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,14 +23,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if len(args.runs) < 2:
         parser.error("need at least two runs")
-    tables = []
+    tables, label_orders = [], []
     for run in args.runs:
-        table = pd.read_csv(run / "predictions.csv", dtype={"item_id": str}, keep_default_na=False)
+        table, labels = read_predictions(run)
         tables.append(table[table["split"] == "test"].set_index("item_id"))
+        label_orders.append(labels)
+    if any(order != label_orders[0] for order in label_orders):
+        parser.error(f"the runs have different label sets: {label_orders}")
     common = sorted(set.intersection(*(set(t.index) for t in tables)))
     if not common:
         parser.error("the runs share no test items (different splits or data)")
-    labels = [c[2:] for c in tables[0].columns if c.startswith("p_")]
     y = tables[0].loc[common, "y"].astype(int).to_numpy()
     predicted = [t.loc[common, "predicted"].map({label: i for i, label in enumerate(labels)}).to_numpy() for t in tables]
     command = " ".join([".venv/bin/python scripts/compare_runs.py", *(sys.argv[1:] if argv is None else argv)])

@@ -16,11 +16,9 @@ import logging
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import pandas as pd
 
-import pandas as pd  # noqa: E402
-
-from data.crawl import KINDS, CrawlSettings, crawl  # noqa: E402
+from acquire.crawl import KINDS, CrawlSettings, crawl
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,11 +8,9 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from covers.evaluate import evaluate_cover_model  # noqa: E402
-from engine.report import format_classification_report  # noqa: E402
-from engine.trainer import BEST_CHECKPOINT  # noqa: E402
+from covers.evaluate import evaluate_cover_model
+from engine.report import format_classification_report
+from engine.inference import BEST_CHECKPOINT
 
 
 def main(argv: list[str] | None = None) -> int:

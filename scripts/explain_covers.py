@@ -9,18 +9,16 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import numpy as np
+from hydra.utils import instantiate
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from hydra.utils import instantiate  # noqa: E402
-
-from covers.evaluate import load_cover_model  # noqa: E402
-from covers.explain import grad_cam, most_typical, save_grid  # noqa: E402
-from covers.images import load_cover  # noqa: E402
-from covers.inputs import normalise  # noqa: E402
-from engine.config import register_resolvers  # noqa: E402
-from engine.trainer import BEST_CHECKPOINT  # noqa: E402
+from covers.explain import grad_cam, most_typical, save_grid
+from covers.images import load_cover
+from covers.inputs import normalise
+from covers.predict import load_cover_model
+from engine.config import register_configs
+from engine.inference import BEST_CHECKPOINT
+from engine.predictions import read_predictions
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,11 +27,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=12, help="covers in the Grad-CAM grid")
     parser.add_argument("--per-class", type=int, default=6)
     args = parser.parse_args(argv)
-    register_resolvers()
-    model, labels, record = load_cover_model(args.run_dir / BEST_CHECKPOINT)
+    register_configs()
+    cover_model, record = load_cover_model(args.run_dir / BEST_CHECKPOINT)
+    model, labels = cover_model.network, cover_model.labels
     loaded = instantiate(record["card"]["config"]["data"]["loader"])
     paths = loaded.items.set_index("item_id")["cover_path"]
-    predictions = pd.read_csv(args.run_dir / "predictions.csv")
+    predictions, _ = read_predictions(args.run_dir)
     test = predictions[(predictions["split"] == "test") & predictions["item_id"].isin(paths.index)]
     size = model.info.input_size
 

@@ -14,11 +14,9 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from covers.reproduce import format_table, reproduce  # noqa: E402
-from engine.report import write_json  # noqa: E402
-from engine.run import machine_info  # noqa: E402
+from covers.reproduce import format_table, reproduce
+from engine.io import write_json
+from engine.run import machine_info
 
 
 def main(argv: list[str] | None = None) -> int:

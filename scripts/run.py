@@ -1,7 +1,9 @@
 """The main job (`make run`): audio and cover branches, then late fusion; prints the comparison table.
 
-With fusion, the printed rows are the comparison on the same test items; each branch's report
-on its own whole test set is in its folder (``audio/``, ``covers/``).
+With a paired catalogue (``data=paired data.catalogue=…``) both branches train on its tracks
+(URLs fetched first, once) and fusion pairs them by track id. With fusion, the printed rows are
+the comparison on the same test items; each branch's report on its own whole test set is in its
+folder (``audio/``, ``covers/``).
 """
 from __future__ import annotations
 
@@ -12,9 +14,9 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from engine.config import register_resolvers
+from engine.config import register_configs
 
-register_resolvers()
+register_configs()
 log = logging.getLogger("genrefusion")
 
 
@@ -25,11 +27,18 @@ def main(cfg: DictConfig) -> float:
     from engine.summary import print_results
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    if not cfg.branches:
+        raise ValueError("branches is empty: give any of audio, covers, fusion (default: [audio,covers,fusion])")
     unknown = sorted(set(cfg.branches) - {"audio", "covers", "fusion"})
     if unknown:
         raise ValueError(f"branches: unknown {unknown}; known: audio, covers, fusion")
     if "fusion" in cfg.branches and not {"audio", "covers"} <= set(cfg.branches):
         raise ValueError("branches: fusion needs both audio and covers")
+    if cfg.get("data") and cfg.data.get("catalogue"):
+        from acquire.catalogue import fetch_catalogue, has_urls
+
+        if has_urls(cfg.data.catalogue):
+            cfg.data.loader.path = str(fetch_catalogue(cfg.data.catalogue, cfg.paths.download_dir))
     rows = {}
     if "audio" in cfg.branches:
         rows[f"audio-only ({cfg.audio.name})"] = train_audio(cfg, run_dir / "audio")

@@ -19,7 +19,7 @@ log = logging.getLogger("genrefusion")
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="score")
 def main(cfg: DictConfig) -> None:
-    from fusion.score import parse_shard, score_table
+    from scoring.tracks import parse_shard, score_table
 
     index, count = parse_shard(cfg.shard)
     default_name = "scores.csv" if count == 1 else f"scores.shard-{index}-of-{count}.csv"

@@ -11,10 +11,10 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from audio.score import find_audio_files, score_audio_files  # noqa: E402
-from engine.trainer import BEST_CHECKPOINT  # noqa: E402
+from audio.predict import load_audio_model
+from scoring.audio_files import find_audio_files, score_audio_files
+from engine.inference import BEST_CHECKPOINT
+from engine.io import atomic_path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,8 +30,11 @@ def main(argv: list[str] | None = None) -> int:
     paths = find_audio_files(args.folder)
     if not paths:
         parser.error(f"no audio files under {args.folder}")
-    scores = score_audio_files(paths, checkpoint, cache_dir=args.cache_dir, n_jobs=args.n_jobs, device=args.device)
-    scores.to_csv(args.out, index=False)
+    model, _ = load_audio_model(checkpoint)
+    scores = score_audio_files(paths, model, cache_dir=args.cache_dir, n_jobs=args.n_jobs, device=args.device)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(args.out) as temporary:
+        scores.to_csv(temporary, index=False)
     failed = scores["status"] != "ok"
     print(f"scored {int((~failed).sum())} of {len(scores)} files → {args.out}"
           + (f"; {int(failed.sum())} failed (see the error column)" if failed.any() else ""))

@@ -9,9 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from fusion.sweep import collect_runs, summarise, to_markdown  # noqa: E402
+from engine.sweep import collect_runs, summarise, to_markdown
 
 
 def main(argv: list[str] | None = None) -> int:

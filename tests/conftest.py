@@ -59,3 +59,77 @@ def main_job_run(tmp_path_factory, discogs_covers_csv) -> tuple[str, Path]:
     assert result.returncode == 0, result.stderr[-3000:]
     run_line = next(line for line in result.stdout.splitlines() if line.startswith("Run folder: "))
     return result.stdout, Path(run_line.split("Run folder: ")[1])
+
+
+class LoopbackServer:
+    """An HTTP server on 127.0.0.1 serving ``files`` (path → bytes) and counting requests per path.
+
+    ``handlers`` maps a path to a function ``(query) -> (status, body)`` for answers computed per
+    request (an API's search endpoint). Anything else is a 404.
+    """
+
+    def __init__(self, files: dict[str, bytes] | None = None, handlers: dict | None = None) -> None:
+        import threading
+        from collections import Counter
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from urllib.parse import parse_qs, urlparse
+
+        self.files, self.handlers, self.requests = dict(files or {}), dict(handlers or {}), Counter()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.0"
+
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802
+                url = urlparse(self.path)
+                server.requests[url.path] += 1
+                if url.path in server.handlers:
+                    status, body = server.handlers[url.path](parse_qs(url.query))
+                elif url.path in server.files:
+                    status, body = 200, server.files[url.path]
+                else:
+                    status, body = 404, b"not found"
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_port}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture()
+def loopback():
+    """``loopback(files, handlers)`` starts a :class:`LoopbackServer`; every one is closed after the test."""
+    servers = []
+
+    def start(files: dict[str, bytes] | None = None, handlers: dict | None = None) -> LoopbackServer:
+        servers.append(LoopbackServer(files, handlers))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def closed_port() -> int:
+    """A local port nothing listens on (a refused connection)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory) -> Path:
+    """One cache folder for the whole session: features and embeddings of the same files are computed once."""
+    return tmp_path_factory.mktemp("cache")

@@ -9,7 +9,7 @@ from audio.mel import MelParams, MelSpectrogram, librosa_log_mel
 from audio.models import HybridNet, MelCNN
 from audio.feature_mlp import FeatureMLP
 from data.gtzan import SEGMENT_HOP_SAMPLES, SEGMENT_SAMPLES, segment_items
-from engine.run import mean_by_group
+from engine.inference import mean_by_group
 
 
 @pytest.fixture(scope="module")

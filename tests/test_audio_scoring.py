@@ -41,9 +41,9 @@ def trained_run(tmp_path_factory):
     (base / "audio" / "rock" / "rock.00099.wav").write_text("not audio")
     result = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "run.py"), f"paths.root_dir={base}", "trainer.progress=false",
-         "branches=[audio]", "audio=mel_cnn", "labels=gtzan3", "split=random",
+         "branches=[audio]", "audio=mel_cnn", "labels=gtzan3", "split@audio.split=random",
          f"audio.data.loader.audio_dir={base / 'audio'}",
-         "audio.trainer.max_epochs=6", "audio.trainer.lr=0.01", "split.val_fraction=0.15", "audio.model.channels=[4,8]", "audio.n_jobs=1"],
+         "audio.trainer.max_epochs=6", "audio.trainer.lr=0.01", "audio.split.val_fraction=0.15", "audio.model.channels=[4,8]", "audio.n_jobs=1"],
         capture_output=True, text=True, timeout=300, cwd=base,
     )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -214,6 +214,8 @@ def test_m4_weights_are_inverse_validation_precision(tmp_path):
     table = pd.DataFrame({"split": ["val"] * 6 + ["test"] * 2,
                           "label": ["rap", "rap", "rap", "pop", "pop", "rap", "pop", "pop"],
                           "predicted": ["rap", "rap", "rap", "rap", "pop", "pop", "rap", "rap"]})
+    table["p_rap"] = (table["predicted"] == "rap").astype(float)
+    table["p_pop"] = 1 - table["p_rap"]
     table.to_csv(tmp_path / "predictions.csv", index=False)
     weights = precision_class_weights(tmp_path / "predictions.csv", ["rap", "pop"])
     raw = np.array([1 / 0.75, 1 / 0.5])

@@ -282,7 +282,7 @@ def test_crawl_survives_faults_and_an_interruption(server, tmp_path):
 
 
 def test_missing_credentials_is_a_clear_error_unless_previews_come_from_deezer(server, tmp_path, monkeypatch):
-    from data.crawl import CrawlSettings, crawl
+    from acquire.crawl import CrawlSettings, crawl
 
     monkeypatch.delenv("SPOTIPY_CLIENT_ID", raising=False)
     monkeypatch.delenv("SPOTIPY_CLIENT_SECRET", raising=False)
@@ -306,7 +306,7 @@ def test_missing_credentials_is_a_clear_error_unless_previews_come_from_deezer(s
 
 
 def test_musicbrainz_gives_covers_and_genre_tags_without_spotify(server, tmp_path, monkeypatch):
-    from data.crawl import CrawlSettings, crawl
+    from acquire.crawl import CrawlSettings, crawl
 
     monkeypatch.delenv("SPOTIPY_CLIENT_ID", raising=False)
     monkeypatch.delenv("SPOTIPY_CLIENT_SECRET", raising=False)

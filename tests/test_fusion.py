@@ -9,10 +9,10 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from fusion.heads import create_fusion
+from fusion.heads import create_fusion_head, fusion_inputs
 from fusion.pairing import modality_counts, real_pairs, synthetic_pairs
 from fusion.run import run_fusion
-from fusion.sweep import collect_runs, summarise
+from engine.sweep import collect_runs, summarise
 
 ROOT = Path(__file__).resolve().parent.parent
 LABELS = ["rap", "country", "pop"]
@@ -31,6 +31,16 @@ def _branch_outputs(prefix: str, n_per_cell: dict[str, int], seed: int, strength
                 rows.append({"item_id": f"{prefix}{split}{label}{i}", "split": split, "label": label, "y": y,
                              "predicted": LABELS[int(p.argmax())], **{f"p_{c}": p[j] for j, c in enumerate(LABELS)}})
     return pd.DataFrame(rows)
+
+
+def _write_branches(folder, n_val: int, n_test: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Fake cover and audio branch outputs written as ``folder/{covers,audio}/predictions.csv``."""
+    covers = _branch_outputs("c", {"val": n_val, "test": n_test}, 0, 1.0)
+    audio = _branch_outputs("a", {"val": n_val, "test": n_test}, 1, 1.5)
+    for name, table in (("covers", covers), ("audio", audio)):
+        (folder / name).mkdir()
+        table.to_csv(folder / name / "predictions.csv", index=False)
+    return covers, audio
 
 
 def test_synthetic_pairs_never_cross_splits_or_genres():
@@ -64,10 +74,10 @@ def test_missing_modality_is_scored_by_the_branch_it_has(method):
     rng = np.random.default_rng(0)
     p_cover, p_audio = rng.dirichlet(np.ones(3), 60), rng.dirichlet(np.ones(3), 60)
     y = rng.integers(0, 3, 60)
-    head = create_fusion(method, seed=0).fit(p_cover, p_audio, y)
+    head = create_fusion_head(method, random_state=0).fit(fusion_inputs(p_cover, p_audio), y)
     p_cover[:5] = np.nan
     p_audio[5:10] = np.nan
-    out = head.predict_proba(p_cover, p_audio)
+    out = head.predict_proba(fusion_inputs(p_cover, p_audio))
     np.testing.assert_allclose(out[:5], p_audio[:5])
     np.testing.assert_allclose(out[5:10], p_cover[5:10])
     assert np.isfinite(out).all() and np.allclose(out.sum(1), 1)
@@ -78,16 +88,12 @@ def test_weighted_fusion_learns_to_trust_the_better_branch():
     y = rng.integers(0, 3, 300)
     good = np.eye(3)[y] * 0.8 + 0.2 / 3
     noise = rng.dirichlet(np.ones(3), 300)
-    head = create_fusion("weighted").fit(noise, good, y)
+    head = create_fusion_head("weighted").fit(fusion_inputs(noise, good), y)
     assert head.weight_ <= 0.1
 
 
 def test_fusion_never_sees_test_items_while_fitting(tmp_path):
-    covers = _branch_outputs("c", {"val": 20, "test": 20}, 0, 1.0)
-    audio = _branch_outputs("a", {"val": 20, "test": 20}, 1, 1.5)
-    for name, table in (("covers", covers), ("audio", audio)):
-        (tmp_path / name).mkdir()
-        table.to_csv(tmp_path / name / "predictions.csv", index=False)
+    covers, audio = _write_branches(tmp_path, 20, 20)
     cfg = OmegaConf.create({"seed": 0, "fusion": {"method": "logreg", "pairing": "auto", "weight": None}})
     run_fusion(cfg, tmp_path / "first", tmp_path / "covers", tmp_path / "audio")
     # Scramble every test probability of both branches: the fitted head must not change, so the
@@ -145,3 +151,75 @@ def test_compare_runs_reports_paired_difference_on_common_items(tmp_path):
     expected = (common["predicted"] == common["label"]).mean() - (common["label"] == "rap").mean()
     assert report["n_common_test_items"] == 85
     assert report["first_minus_other"][str(tmp_path / "b")]["difference"]["difference"] == pytest.approx(expected)
+
+
+def test_a_new_fusion_head_needs_only_its_registration(tmp_path):
+    """A toy head registered under a new name runs the whole comparison and reloads for scoring."""
+    from fusion.heads import FUSION_HEADS, FUSION_HEAD, FusionHead, load_fusion_head
+
+    @FUSION_HEADS.register("max_toy")
+    class MaxFusion(FusionHead):
+        """Elementwise maximum, renormalised; nothing to fit."""
+
+        def _fit(self, p_cover, p_audio, y) -> None:
+            pass
+
+        def _combine(self, p_cover, p_audio):
+            best = np.maximum(p_cover, p_audio)
+            return best / best.sum(1, keepdims=True)
+
+    try:
+        covers, audio = _write_branches(tmp_path, 10, 10)
+        cfg = OmegaConf.create({"seed": 0, "fusion": {"method": "max_toy", "pairing": "auto", "weight": None}})
+        rows = run_fusion(cfg, tmp_path / "fusion", tmp_path / "covers", tmp_path / "audio")
+        assert "fused (max_toy) · pairing: synthetic" in rows
+        fused = pd.read_csv(tmp_path / "fusion" / "predictions.csv")
+        pairs = fused[(fused["cover_item_id"].notna()) & (fused["audio_item_id"].notna())].iloc[0]
+        p_c = covers.set_index("item_id").loc[pairs["cover_item_id"], [f"p_{c}" for c in LABELS]].to_numpy(float)
+        p_a = audio.set_index("item_id").loc[pairs["audio_item_id"], [f"p_{c}" for c in LABELS]].to_numpy(float)
+        expected = np.maximum(p_c, p_a) / np.maximum(p_c, p_a).sum()
+        np.testing.assert_allclose(pairs[[f"p_{c}" for c in LABELS]].to_numpy(float), expected)
+        reloaded = load_fusion_head(tmp_path / "fusion" / FUSION_HEAD)
+        assert isinstance(reloaded, MaxFusion)
+    finally:
+        FUSION_HEADS._entries.pop("max_toy")
+
+
+@pytest.mark.parametrize("method", ["weighted", "mean", "logreg", "mlp"])
+def test_fusion_heads_are_scikit_learn_estimators_saved_as_plain_data(method, tmp_path):
+    from sklearn.base import clone
+
+    from fusion.heads import load_fusion_head, save_fusion_head
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 3, 80)
+    p_cover = 0.6 * np.eye(3)[y] + 0.4 * rng.dirichlet(np.ones(3), 80)
+    p_audio = rng.dirichlet(np.ones(3), 80)
+    x = fusion_inputs(p_cover, p_audio)
+    head = create_fusion_head(method, random_state=0).fit(x, y)
+    assert list(head.classes_) == [0, 1, 2] and head.n_features_in_ == 6
+    twin = clone(head)
+    assert twin.get_params() == head.get_params() and not hasattr(twin, "classes_")
+    np.testing.assert_allclose(twin.fit(x, y).predict_proba(x), head.predict_proba(x))
+    save_fusion_head(tmp_path / "head.json", method, head)
+    json.loads((tmp_path / "head.json").read_text())  # plain JSON, no pickle
+    np.testing.assert_allclose(load_fusion_head(tmp_path / "head.json").predict_proba(x), head.predict_proba(x))
+    assert 0 <= head.score(x, y) <= 1
+
+
+def test_stacking_heads_match_scikit_learn_own_predictions():
+    """The plain-array forward passes equal the fitted scikit-learn models' predict_proba."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neural_network import MLPClassifier
+
+    from fusion.heads import _log_probabilities
+
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 3, 90)
+    p_cover, p_audio = 0.5 * np.eye(3)[y] + 0.5 * rng.dirichlet(np.ones(3), 90), rng.dirichlet(np.ones(3), 90)
+    features = _log_probabilities(p_cover, p_audio)
+    for method, reference in (("logreg", LogisticRegression(max_iter=5000)),
+                              ("mlp", MLPClassifier((16,), alpha=1e-2, max_iter=2000, random_state=0))):
+        ours = create_fusion_head(method, random_state=0).fit(fusion_inputs(p_cover, p_audio), y)
+        np.testing.assert_allclose(ours.predict_proba(fusion_inputs(p_cover, p_audio)),
+                                   reference.fit(features, y).predict_proba(features), atol=1e-10)

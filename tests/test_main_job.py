@@ -17,7 +17,7 @@ def _run_main(tmp_path, *overrides, timeout=600):
 
 
 def test_audio_branch_writes_a_complete_run_folder(tmp_path):
-    stdout, run_dir = _run_main(tmp_path, "branches=[audio]", "audio.trainer.max_epochs=30", "split=fault_filtered")
+    stdout, run_dir = _run_main(tmp_path, "branches=[audio]", "audio.trainer.max_epochs=30")  # GTZAN audio: its artist-filtered split by default
     assert "audio-only (feature_mlp)" in stdout
     audio = run_dir / "audio"
     for name in ("history.csv", "metrics.json", "report.txt", "confusion.png", "checkpoint.pt",

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from data.musicoset import artist_votes, build_musicoset_items, label_album, load_musicoset_tables, read_tsv_repairing
+from acquire.musicoset import build_musicoset_items
+from data.musicoset import artist_votes, label_album, load_musicoset_tables, read_tsv_repairing
 
 ROOT = Path(__file__).resolve().parent.parent
 A = {"rapper1": "A" * 22, "rapper2": "B" * 22, "duo": "C" * 22, "nomap": "D" * 22}
@@ -101,3 +102,26 @@ def test_shared_musicoset_build(data_root, tmp_path):
     unmapped = pd.read_csv(tmp_path / "unmapped_genres.csv")
     assert "mellow gold" in set(unmapped["genre"]) and "drill" not in set(unmapped["genre"])
     assert unmapped["albums"].is_monotonic_decreasing
+
+
+def test_a_catalogue_labelled_by_rule_gets_musicosets_album_labels(tmp_path):
+    """Tracks whose artists are those of a MusicOSet album get that album's label, share and note."""
+    from data.paired import load_paired_catalogue
+
+    _tables(tmp_path)
+    albums = build_musicoset_items(tmp_path, GENRES).items
+    genre_map = tmp_path / "genre_map.csv"
+    pd.DataFrame({"genre": list(GENRES), "broad_genre": list(GENRES.values())}).to_csv(genre_map, index=False)
+    catalogue = pd.DataFrame({"track_id": [f"t{i}" for i in range(len(albums))] + ["nobody", "unknown"],
+                              "artist_ids": [ids.replace("|", ";") for ids in albums["artist_ids"]]
+                              + [A["nomap"], "Z" * 22]})
+    catalogue.to_csv(tmp_path / "tracks.csv", index=False)
+    loaded = load_paired_catalogue(tmp_path / "tracks.csv", label_rule="musicoset", musicoset_root=tmp_path,
+                                   genre_map_path=genre_map)
+    labelled = loaded.items.set_index("item_id")
+    for i, album in enumerate(albums.itertuples()):
+        track = labelled.loc[f"t{i}"]
+        assert (track["label"], track["label_share"], track["label_note"]) == (album.label, album.label_share,
+                                                                               album.label_note)
+    reasons = dict(zip(loaded.problems["item_id"], loaded.problems["reason"]))
+    assert reasons == {"nobody": "no label: no mapped genre", "unknown": "no label: artist not in artists.csv"}

@@ -8,13 +8,13 @@ import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import joblib
 import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
 
-from fusion.score import _Resolver, parse_shard, read_track_table, score_table
+from fusion.heads import fusion_inputs, load_fusion_head
+from scoring.tracks import _Resolver, parse_shard, read_track_table, score_table
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -95,8 +95,8 @@ def test_scoring_keeps_every_row_and_resumes(main_job_run, covers_loaded, data_r
     np.testing.assert_allclose(probabilities[ok].sum(axis=1), 1.0, atol=1e-4)
     assert probabilities[~ok].isna().all().all()
 
-    head = joblib.load(run_dir / "fusion" / "fusion_head.joblib")["head"]
-    fused = head.predict_proba(probabilities.iloc[[0]].to_numpy(float), probabilities.iloc[[1]].to_numpy(float))
+    head = load_fusion_head(run_dir / "fusion" / "fusion_head.json")
+    fused = head.predict_proba(fusion_inputs(probabilities.iloc[[0]].to_numpy(float), probabilities.iloc[[1]].to_numpy(float)))
     # Rows 0-2 go through the branches in different batches, where float32 may round differently.
     np.testing.assert_allclose(probabilities.iloc[2].to_numpy(float), fused[0], atol=2e-4)
 
@@ -119,7 +119,7 @@ def test_scoring_keeps_every_row_and_resumes(main_job_run, covers_loaded, data_r
 
 
 def test_half_written_lines_are_cut(tmp_path):
-    from fusion.score import _drop_partial_last_line
+    from scoring.tracks import _drop_partial_last_line
 
     output = tmp_path / "scores.csv"
     output.write_bytes(b"row,status\n0,ok\n1,o")

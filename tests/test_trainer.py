@@ -5,7 +5,8 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from engine.trainer import TrainerConfig, balanced_class_weights, fit, load_checkpoint, predict_proba, seed_everything
+from engine.inference import load_checkpoint, predict_proba
+from engine.trainer import TrainerConfig, balanced_class_weights, fit, seed_everything
 
 
 def _blobs(n=300, seed=0):

@@ -7,14 +7,15 @@ row, in input order, with ``status`` (``ok``, or why the row could not be scored
 modalities used, the predicted genre and every class probability. A modality that fails while
 the other works leaves the row ``ok`` with the failure in ``cover_error``/``audio_error``.
 
-Rows are scored in batches and appended to the output as each batch finishes, so an
-interrupted run resumes after the last written row; ``shard=(i, n)`` scores rows ``r`` with
-``r % n == i`` so that several machines can split one catalogue.
+Each modality is scored by its branch's predict path (:mod:`covers.predict`, :mod:`audio.predict`)
+and the two are combined by the run's fitted fusion head, exactly as in training. Rows are scored
+in batches and appended to the output as each batch finishes, so an interrupted run resumes after
+the last written row; ``shard=(i, n)`` scores rows ``r`` with ``r % n == i`` so that several
+machines can split one catalogue.
 """
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import logging
 import os
@@ -23,13 +24,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import joblib
 import numpy as np
 import pandas as pd
-from torch import nn
 from tqdm.auto import tqdm
 
-from engine.trainer import BEST_CHECKPOINT, load_checkpoint
+from acquire.http import Downloader
+from acquire.verify import verify_audio, verify_cover
+from audio.predict import AudioModel, load_audio_model, predict_audio
+from covers.predict import CoverModel, load_cover_model, predict_covers
+from engine.inference import BEST_CHECKPOINT, read_checkpoint
+from engine.io import write_json
+from engine.predictions import present, probability_columns, with_predictions
+from fusion.heads import FUSION_HEAD, FusionHead, fusion_inputs, load_fusion_head
 
 log = logging.getLogger(__name__)
 ID_COLUMNS = ("track_id", "item_id")
@@ -38,53 +44,54 @@ SOURCE_COLUMNS = ("cover_path", "cover_url", "audio_path", "audio_url")
 
 @dataclass
 class TrackScorer:
-    """What a model folder holds: a cover model, an audio checkpoint, and the fusion head when both."""
+    """What a model folder holds: a cover model, an audio model, and the fusion head when both."""
 
     labels: list[str]
-    cover_model: nn.Module | None
-    audio_checkpoint: Path | None
-    fusion_head: Any | None
+    cover_model: CoverModel | None
+    audio_model: AudioModel | None
+    fusion_head: FusionHead | None
     model_dir: Path
+    #: The fusion head's registry name (``weighted``, ``logreg``, …) when there is one.
+    fusion_method: str | None = None
 
     @property
     def modalities(self) -> list[str]:
-        return [name for name, part in (("cover", self.cover_model), ("audio", self.audio_checkpoint))
-                if part is not None]
+        return [name for name, part in (("cover", self.cover_model), ("audio", self.audio_model)) if part is not None]
 
 
 def load_track_scorer(model_dir: str | Path) -> TrackScorer:
     """A main-job run folder (``covers/``, ``audio/``, ``fusion/``) or one branch's folder → :class:`TrackScorer`."""
-    from covers.evaluate import load_cover_model
-    from fusion.run import FUSION_HEAD
-
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise FileNotFoundError(f"model folder {model_dir} does not exist")
-    candidates = [model_dir / "covers", model_dir / "audio", model_dir]
-    cover_model = audio_checkpoint = None
+    cover_model: CoverModel | None = None
+    audio_model: AudioModel | None = None
     labels: dict[str, list[str]] = {}
-    for folder in candidates:
+    for folder in (model_dir / "covers", model_dir / "audio", model_dir):
         checkpoint = folder / BEST_CHECKPOINT
         if not checkpoint.is_file():
             continue
-        record = load_checkpoint(checkpoint)
+        record = read_checkpoint(checkpoint)
         if "covers_model" in record and cover_model is None:
-            cover_model, labels["cover"], _ = load_cover_model(checkpoint)
-        elif "inputs" in record and audio_checkpoint is None:
-            audio_checkpoint, labels["audio"] = checkpoint, list(record["labels"])
-    if cover_model is None and audio_checkpoint is None:
+            cover_model, _ = load_cover_model(checkpoint)
+            labels["cover"] = cover_model.labels
+        elif "inputs" in record and audio_model is None:
+            audio_model, _ = load_audio_model(checkpoint)
+            labels["audio"] = audio_model.labels
+    if cover_model is None and audio_model is None:
         raise FileNotFoundError(f"{model_dir} holds no cover or audio checkpoint ({BEST_CHECKPOINT}) in "
                                 "itself, covers/ or audio/: give a main-job run folder or a branch's folder")
     if len({tuple(v) for v in labels.values()}) > 1:
         raise ValueError(f"the branches in {model_dir} were trained on different label sets: {labels}")
-    fusion_head = None
-    if cover_model is not None and audio_checkpoint is not None:
+    fusion_head, fusion_method = None, None
+    if cover_model is not None and audio_model is not None:
         head_path = model_dir / "fusion" / FUSION_HEAD
         if not head_path.is_file():
             raise FileNotFoundError(f"{head_path} is missing: rerun the main job with this version to save the fitted "
                                     "fusion head, or score one modality by giving the covers/ or audio/ folder")
-        fusion_head = joblib.load(head_path)["head"]
-    return TrackScorer(next(iter(labels.values())), cover_model, audio_checkpoint, fusion_head, model_dir)
+        fusion_head = load_fusion_head(head_path)
+        fusion_method = json.loads(head_path.read_text())["method"]
+    return TrackScorer(next(iter(labels.values())), cover_model, audio_model, fusion_head, model_dir, fusion_method)
 
 
 def parse_shard(shard: str) -> tuple[int, int]:
@@ -147,12 +154,7 @@ class _Resolver:
     """Turns a row into a local cover file and audio file (catalogue lookup, URL download, cached)."""
 
     def __init__(self, catalogue: str | Path | None, download_dir: Path) -> None:
-        from data.crawl import CrawlSettings, Retrier
-
-        self.download_dir = download_dir
-        self.settings = CrawlSettings()
-        self.retry = Retrier(self.settings)
-        self.session = None
+        self.downloader = Downloader(download_dir)
         self.catalogue: dict[str, dict[str, str]] = {}
         if catalogue:
             table = pd.read_csv(catalogue, dtype=str, keep_default_na=False)
@@ -168,11 +170,28 @@ class _Resolver:
                     for ident, cover, audio in zip(table[key], table["cover_path"], table["audio_path"]):
                         self.catalogue.setdefault(ident, {"cover_path": cover, "audio_path": audio})
 
-    def files(self, row: pd.Series, modalities: list[str]) -> tuple[str, str, str]:
-        """``(cover file, audio file, row error)``; a file that could not be had is ``"!<reason>"``.
+    def files(self, rows: pd.DataFrame, modalities: list[str]) -> list[tuple[str, str, str]]:
+        """``(cover file, audio file, row error)`` per row; a file that could not be had is ``"!<reason>"``.
 
-        URLs are fetched only for the ``modalities`` the model uses.
+        URLs are fetched (in parallel, once each) only for the ``modalities`` the model uses.
         """
+        resolved = [self._local(row) for _, row in rows.iterrows()]
+        wanted = []
+        for (cover, audio, error), (_, row) in zip(resolved, rows.iterrows()):
+            if not error and not cover and row["cover_url"] and "cover" in modalities:
+                wanted.append((row["cover_url"], "cover", verify_cover))
+            if not error and not audio and row["audio_url"] and "audio" in modalities:
+                wanted.append((row["audio_url"], "audio", verify_audio))
+        fetched = self.downloader.fetch_many(wanted)
+        out = []
+        for (cover, audio, error), (_, row) in zip(resolved, rows.iterrows()):
+            if not error:
+                cover = cover or fetched.get((row["cover_url"], "cover"), "")
+                audio = audio or fetched.get((row["audio_url"], "audio"), "")
+            out.append((cover, audio, error))
+        return out
+
+    def _local(self, row: pd.Series) -> tuple[str, str, str]:
         if row["row_error"]:
             return "", "", row["row_error"]
         track_id = row["track_id"] or row["item_id"]
@@ -184,95 +203,86 @@ class _Resolver:
             if known is None:
                 return "", "", f"unknown id {track_id!r}" + ("" if self.catalogue else " (no catalogue given)")
             cover, audio = known["cover_path"], known["audio_path"]
-        if not cover and row["cover_url"] and "cover" in modalities:
-            cover = self._download(row["cover_url"], "cover")
-        if not audio and row["audio_url"] and "audio" in modalities:
-            audio = self._download(row["audio_url"], "audio")
         return cover, audio, ""
 
-    def _download(self, url: str, kind: str) -> str:
-        import requests
 
-        from data.crawl import download, verify_audio, verify_cover
-
-        suffix = Path(url.split("?")[0]).suffix.lower()[:5] or ".bin"
-        target = self.download_dir / kind / (hashlib.sha1(url.encode()).hexdigest() + suffix)
-        if target.is_file():
-            return str(target)
-        self.session = self.session or requests.Session()
-        try:
-            download(self.session, url, target, verify_cover if kind == "cover" else verify_audio,
-                     self.retry, self.settings.timeout_s)
-        except Exception as error:  # noqa: BLE001 — recorded on the row
-            return f"!download failed: {type(error).__name__}: {str(error)[:200]}"
-        return str(target)
-
-
-def _score_covers(scorer: TrackScorer, paths: list[str], device: str) -> tuple[np.ndarray, list[str]]:
-    from covers.inputs import decode_covers
-    from covers.train import CoverImages
-    from engine.trainer import predict_proba
-
-    proba = np.full((len(paths), len(scorer.labels)), np.nan)
-    errors = [""] * len(paths)
+def _score_covers(model: CoverModel, paths: list[str], cache_dir: str | None,
+                  device: str) -> tuple[np.ndarray, list[str]]:
+    proba = np.full((len(paths), len(model.labels)), np.nan)
+    errors = [p[1:] if p.startswith("!") else "" for p in paths]
     wanted = [i for i, p in enumerate(paths) if p and not p.startswith("!")]
-    for i, p in enumerate(paths):
-        if p.startswith("!"):
-            errors[i] = p[1:]
     if not wanted:
         return proba, errors
     items = pd.DataFrame({"item_id": [str(i) for i in wanted], "cover_path": [paths[i] for i in wanted], "md5": ""})
-    decoded, images = decode_covers(items, scorer.cover_model.info.input_size, progress=False)
-    for _, problem in decoded.problems.iterrows():
-        errors[int(problem["item_id"])] = problem["reason"]
-    if len(decoded.items):
-        rows = decoded.items["item_id"].astype(int).to_numpy()
-        dataset = CoverImages(images, np.zeros(len(rows), dtype=np.int64), scorer.cover_model.info)
-        proba[rows] = predict_proba(scorer.cover_model, dataset, device=device)
+    kept, kept_proba = predict_covers(model, items, cache_dir, device=device)
+    for item_id, reason in zip(kept.problems["item_id"], kept.problems["reason"]):
+        errors[int(item_id)] = reason
+    proba[kept.items["item_id"].astype(int).to_numpy()] = kept_proba
     return proba, errors
 
 
-def _score_audio(scorer: TrackScorer, paths: list[str], cache_dir: str | None, device: str,
+def _score_audio(model: AudioModel, paths: list[str], cache_dir: str | None, device: str,
                  n_jobs: int) -> tuple[np.ndarray, list[str]]:
-    from audio.score import score_audio_files
-
-    proba = np.full((len(paths), len(scorer.labels)), np.nan)
+    proba = np.full((len(paths), len(model.labels)), np.nan)
     errors = [p[1:] if p.startswith("!") else "" for p in paths]
     unique = sorted({p for p in paths if p and not p.startswith("!")})
     if not unique:
         return proba, errors
-    scored = score_audio_files(unique, scorer.audio_checkpoint, cache_dir=cache_dir, n_jobs=n_jobs, device=device,
-                               progress=False).set_index("audio_path")
-    columns = [f"p_{label}" for label in scorer.labels]
+    clips = pd.DataFrame({"item_id": unique, "audio_path": unique})
+    scored, clip_proba, problems = predict_audio(model, clips, cache_dir, n_jobs=n_jobs, device=device)
+    by_path = dict(zip(scored["item_id"], clip_proba))
+    reasons = dict(zip(problems["item_id"], problems["reason"]))
     for i, path in enumerate(paths):
-        if path in scored.index:
-            if scored.at[path, "status"] == "ok":
-                proba[i] = scored.loc[path, columns].to_numpy(dtype=float)
-            else:
-                errors[i] = scored.at[path, "error"] or "audio could not be scored"
+        if path in by_path:
+            proba[i] = by_path[path]
+        elif path in reasons or path in unique:
+            errors[i] = reasons.get(path) or "audio could not be scored"
     return proba, errors
+
+
+@dataclass
+class Scores:
+    """Each track's class probabilities per modality (NaN rows: not scored, the reason in the errors) and fused."""
+
+    p_cover: np.ndarray
+    p_audio: np.ndarray
+    fused: np.ndarray
+    cover_errors: list[str]
+    audio_errors: list[str]
+
+
+def score_files(scorer: TrackScorer, covers: list[str], audios: list[str], cache_dir: str | None, device: str,
+                n_jobs: int = 1) -> Scores:
+    """Score tracks given their local files (``""``: none; ``"!<reason>"``: could not be had).
+
+    Each modality goes through its branch's predict path; where both are present the run's fusion
+    head combines them, and a track with one modality is scored by that branch, as in training.
+    """
+    n, k = len(covers), len(scorer.labels)
+    p_cover, cover_errors = np.full((n, k), np.nan), [""] * n
+    p_audio, audio_errors = np.full((n, k), np.nan), [""] * n
+    if scorer.cover_model is not None:
+        p_cover, cover_errors = _score_covers(scorer.cover_model, covers, cache_dir, device)
+    if scorer.audio_model is not None:
+        p_audio, audio_errors = _score_audio(scorer.audio_model, audios, cache_dir, device, n_jobs)
+    has_cover, has_audio = present(p_cover), present(p_audio)
+    fused = np.where(has_cover[:, None], p_cover, p_audio)
+    either = has_cover | has_audio
+    if scorer.fusion_head is not None and either.any():
+        fused[either] = scorer.fusion_head.predict_proba(fusion_inputs(p_cover[either], p_audio[either]))
+    return Scores(p_cover, p_audio, fused, cover_errors, audio_errors)
 
 
 def score_batch(scorer: TrackScorer, rows: pd.DataFrame, resolver: _Resolver, cache_dir: str | None,
                 device: str, n_jobs: int = 1) -> pd.DataFrame:
     """Output rows for a batch of input rows (same order): status, modalities, prediction, probabilities."""
-    resolved = [resolver.files(row, scorer.modalities) for _, row in rows.iterrows()]
-    n, k = len(rows), len(scorer.labels)
-    p_cover, cover_errors = np.full((n, k), np.nan), [""] * n
-    p_audio, audio_errors = np.full((n, k), np.nan), [""] * n
+    resolved = resolver.files(rows, scorer.modalities)
     covers = [c if not e else "" for c, _, e in resolved]
     audios = [a if not e else "" for _, a, e in resolved]
-    if scorer.cover_model is not None:
-        p_cover, cover_errors = _score_covers(scorer, covers, device)
-    if scorer.audio_checkpoint is not None:
-        p_audio, audio_errors = _score_audio(scorer, audios, cache_dir, device, n_jobs)
-    has_cover, has_audio = ~np.isnan(p_cover).any(1), ~np.isnan(p_audio).any(1)
-    fused = np.full((n, k), np.nan)
-    if scorer.fusion_head is not None and (has_cover | has_audio).any():
-        either = has_cover | has_audio
-        fused[either] = scorer.fusion_head.predict_proba(p_cover[either], p_audio[either])
-    else:
-        fused = np.where(has_cover[:, None], p_cover, p_audio)
+    scored = score_files(scorer, covers, audios, cache_dir, device, n_jobs)
+    p_cover, p_audio, fused = scored.p_cover, scored.p_audio, scored.fused
+    cover_errors, audio_errors = scored.cover_errors, scored.audio_errors
+    has_cover, has_audio = present(p_cover), present(p_audio)
     out = rows[["row", "track_id", "item_id"]].copy().reset_index(drop=True)
     statuses, modalities = [], []
     for i, (cover, audio, row_error) in enumerate(resolved):
@@ -289,9 +299,9 @@ def score_batch(scorer: TrackScorer, rows: pd.DataFrame, resolver: _Resolver, ca
                                                    f"({'+'.join(scorer.modalities)})" if not asked else "not scored"))
     out["status"] = statuses
     out["modalities"] = modalities
-    out["predicted"] = [scorer.labels[int(np.argmax(p))] if not np.isnan(p).any() else "" for p in fused]
-    for j, label in enumerate(scorer.labels):
-        out[f"p_{label}"] = np.round(fused[:, j], 6)
+    out = with_predictions(out, fused, scorer.labels)
+    columns = probability_columns(scorer.labels)
+    out[columns] = out[columns].round(6)
     out["cover_error"] = cover_errors
     out["audio_error"] = audio_errors
     return out
@@ -335,7 +345,7 @@ def score_table(input_csv: str | Path, model_dir: str | Path, output_csv: str | 
         if output_csv.stat().st_size:
             done = set(pd.read_csv(output_csv, usecols=["row"])["row"].astype(int))
     output_csv.parent.mkdir(parents=True, exist_ok=True)
-    record_path.write_text(json.dumps(run_record, indent=2))
+    write_json(record_path, run_record)
     todo = mine[~mine["row"].isin(done)]
     resolver = _Resolver(catalogue, Path(download_dir or output_csv.parent / "downloads"))
     cache = str(cache_dir) if cache_dir else None

@@ -8,8 +8,8 @@ Spotify is reached through spotipy with client credentials read from the environ
 row or a log line, and the token stays in memory. Without them, covers come from MusicBrainz
 alone and previews from Deezer alone. Deezer is reached through deezer-python.
 
-Robustness, per request: HTTP 429 waits for ``Retry-After`` (capped), 5xx, time-outs, dropped
-connections and truncated or unparsable bodies back off exponentially and retry. Per item:
+Robustness, per request: see :mod:`acquire.http` (429 waits for ``Retry-After``, 5xx, time-outs,
+dropped connections and truncated bodies are retried; refused connections fail at once). Per item:
 each file is written under a temporary name, checked to decode (the cover as an image, the
 preview as audio) and then renamed into place; a status row is appended to ``crawl_status.csv``
 at once, so an interrupted crawl resumes where it stopped and a second run downloads nothing
@@ -23,40 +23,35 @@ import hashlib
 import json
 import logging
 import os
-import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pandas as pd
 import requests
 from tqdm.auto import tqdm
 
+from acquire.http import Retrier, RetryPolicy, TruncatedResponse, Unavailable, download
+from acquire.verify import verify_audio, verify_cover
+from engine.io import write_bytes_atomic
+
 log = logging.getLogger(__name__)
 # spotipy logs request headers (the bearer token) at DEBUG: keep its records above that.
 logging.getLogger("spotipy").setLevel(logging.INFO)
 
-T = TypeVar("T")
 STATUS_COLUMNS = ["item_id", "kind", "status", "source", "path", "bytes", "detail", "time"]
 CREDENTIAL_VARIABLES = ("SPOTIPY_CLIENT_ID", "SPOTIPY_CLIENT_SECRET")
 KINDS = ("cover", "preview", "tags")
 SPOTIFY_ALBUM_LINK = "https://open.spotify.com/album/{}"
 
 
-class Unavailable(Exception):
-    """The thing asked for does not exist at the source (unknown id, no preview): do not ask again."""
-
-
-class RetriesExhausted(Exception):
-    """A request kept failing in a transient way (429, 5xx, time-out, truncated body)."""
-
-
 @dataclass(frozen=True)
-class CrawlSettings:
-    """Endpoints and politeness. The defaults are the public services; tests point them at 127.0.0.1."""
+class CrawlSettings(RetryPolicy):
+    """Endpoints and politeness (and the retry policy). The defaults are the public services; tests point them
+    at 127.0.0.1."""
 
     spotify_api: str = "https://api.spotify.com/v1/"
     spotify_token_url: str = "https://accounts.spotify.com/api/token"
@@ -65,85 +60,10 @@ class CrawlSettings:
     coverart_api: str = "https://coverartarchive.org/"
     #: MusicBrainz asks every client for a User-Agent naming the application and a contact.
     user_agent: str = "genrefusion/0.1.0 ( research crawler; no contact given )"
-    timeout_s: float = 10.0
-    max_attempts: int = 6
-    backoff_s: float = 1.0
-    backoff_max_s: float = 60.0
-    #: A longer Retry-After is cut to this; the wait still uses up one of ``max_attempts``.
-    retry_after_max_s: float = 120.0
-    #: Least time between two requests to the same service.
-    min_interval_s: float = 0.1
     #: MusicBrainz allows one request a second per client.
     musicbrainz_min_interval_s: float = 1.0
     deezer_fallback: bool = True
     musicbrainz: bool = True
-
-
-class Retrier:
-    """Runs a call, retrying transient failures; also spaces calls ``min_interval_s`` apart."""
-
-    def __init__(self, settings: CrawlSettings) -> None:
-        self.settings, self._last = settings, 0.0
-
-    def __call__(self, call: Callable[[], T], what: str) -> T:
-        settings = self.settings
-        last_error = ""
-        for attempt in range(settings.max_attempts):
-            wait = settings.min_interval_s - (time.monotonic() - self._last)
-            if wait > 0:
-                time.sleep(wait)
-            self._last = time.monotonic()
-            try:
-                return call()
-            except Unavailable:
-                raise
-            except Exception as error:  # noqa: BLE001 — classified just below; unknown kinds re-raise
-                delay = _transient_delay(error, attempt, settings)
-                if delay is None:
-                    raise
-                last_error = f"{type(error).__name__}: {str(error)[:200]}"
-                log.info("%s: attempt %d failed (%s); retrying in %.1fs", what, attempt + 1, last_error, delay)
-                time.sleep(delay)
-        raise RetriesExhausted(f"{what}: {settings.max_attempts} attempts failed; last: {last_error}")
-
-
-def _transient_delay(error: Exception, attempt: int, settings: CrawlSettings) -> float | None:
-    """Seconds to wait before retrying ``error``, or ``None`` when it is not transient."""
-    import httpx
-    from deezer.exceptions import DeezerErrorResponse, DeezerHTTPError
-    from spotipy.exceptions import SpotifyException
-    from spotipy.oauth2 import SpotifyOauthError
-
-    backoff = min(settings.backoff_max_s, settings.backoff_s * 2 ** attempt)
-    status, headers = None, {}
-    if isinstance(error, SpotifyException):
-        status, headers = error.http_status, error.headers or {}
-    elif isinstance(error, DeezerHTTPError) and isinstance(error.__cause__, httpx.HTTPStatusError):
-        status, headers = error.__cause__.response.status_code, error.__cause__.response.headers
-    elif isinstance(error, requests.HTTPError) and error.response is not None:
-        status, headers = error.response.status_code, error.response.headers
-    elif isinstance(error, SpotifyOauthError) and getattr(error, "error", None) in ("invalid_client", "unauthorized_client"):
-        return None  # wrong credentials: asking again will not help
-    elif isinstance(error, DeezerErrorResponse):
-        code = (error.json_data.get("error") or {}).get("code")
-        return backoff if code == 4 else None  # 4: Deezer's "quota exceeded"
-    elif isinstance(error, (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
-                            requests.exceptions.InvalidJSONError, httpx.TransportError, json.JSONDecodeError,
-                            TruncatedResponse, SpotifyOauthError)):
-        return backoff
-    if status == 429:
-        retry_after = headers.get("Retry-After") or headers.get("retry-after")
-        try:
-            return min(max(float(retry_after), 0.0), settings.retry_after_max_s)
-        except (TypeError, ValueError):
-            return backoff
-    if status is not None and status >= 500:
-        return backoff
-    return None
-
-
-class TruncatedResponse(Exception):
-    """A body ended before its Content-Length, or an API answered with nothing parsable."""
 
 
 def _credentials() -> tuple[str, str]:
@@ -285,51 +205,6 @@ class MusicBrainzSource:
     def cover_url(self, release_id: str) -> str:
         """The Cover Art Archive's 500-pixel front cover of a release (404, hence unavailable, when it has none)."""
         return f"{self.coverart}release/{release_id}/front-500"
-
-
-def download(session: requests.Session, url: str, target: Path, verify: Callable[[Path], None],
-             retry: Retrier, timeout_s: float) -> int:
-    """Fetch ``url`` into ``target`` atomically (temporary name, check, rename); returns bytes written.
-
-    ``verify(path)`` must raise when the file does not decode; 404/410 are :class:`Unavailable`.
-    """
-    temporary = target.with_name(f".{target.name}.part-{os.getpid()}")
-
-    def fetch() -> int:
-        with session.get(url, timeout=timeout_s, stream=True) as response:
-            if response.status_code in (404, 410):
-                raise Unavailable(f"{url}: HTTP {response.status_code}")
-            response.raise_for_status()
-            expected = response.headers.get("Content-Length")
-            written = 0
-            with temporary.open("wb") as handle:
-                for chunk in response.iter_content(1 << 16):
-                    handle.write(chunk)
-                    written += len(chunk)
-        if expected is not None and written != int(expected):
-            raise TruncatedResponse(f"{written} of {expected} bytes")
-        return written
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        size = retry(fetch, f"download {url}")
-        verify(temporary)
-        os.replace(temporary, target)
-        return size
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
-def verify_cover(path: Path) -> None:
-    from covers.images import load_cover
-
-    load_cover(path, 32)
-
-
-def verify_audio(path: Path) -> None:
-    from audio.io import read_audio
-
-    read_audio(path)
 
 
 class StatusTable:
@@ -505,23 +380,12 @@ def _crawl_tags(items, out_dir, status, musicbrainz, progress) -> None:
         try:
             record = {"album_id": row["album_id"], "release_id": release, "genres": musicbrainz.genres(release)}
             target = out_dir / "tags" / f"{_file_stem(row, 'album_id')}.json"
-            size = _write_atomically(target, json.dumps(record, ensure_ascii=False).encode())
+            size = write_bytes_atomic(target, json.dumps(record, ensure_ascii=False).encode())
             status.record(row["item_id"], "tags", "ok", "musicbrainz", str(target), size)
         except Unavailable as error:
             status.record(row["item_id"], "tags", "unavailable", "musicbrainz", detail=str(error))
         except Exception as error:  # noqa: BLE001 — recorded, retried next run
             status.record(row["item_id"], "tags", "failed", "musicbrainz", detail=f"{type(error).__name__}: {error}")
-
-
-def _write_atomically(target: Path, content: bytes) -> int:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(f".{target.name}.part-{os.getpid()}")
-    try:
-        temporary.write_bytes(content)
-        os.replace(temporary, target)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return len(content)
 
 
 def _read_tags(path: str) -> dict:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
+from engine.report import HEADLINE as METRICS
 
 
 def collect_runs(sweep_dir: str | Path) -> pd.DataFrame:

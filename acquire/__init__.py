@@ -1,0 +1,1 @@
+"""Acquisition: outside sources → files and catalogues (MusicOSet builder, crawler, HTTP, verification)."""

@@ -1,0 +1,188 @@
+"""The audio branch's one predict path: a trained audio model and clips → class probabilities per clip.
+
+Training (its held-out predictions), folder scoring and batch scoring all call it; it never
+imports training code. A clip is cut into the windows the model was trained on (the whole clip,
+or ten 3-second segments), each window's inputs are computed (GTZAN features and/or log-mels,
+cached), and a segment model scores a clip by the mean of its windows' probabilities.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from audio.extract import MEL_FRAMES, extract_features, extract_log_mels
+from audio.mel import MelParams
+from audio.models import build_audio_model
+from data.gtzan import FEATURE_COLUMNS, segment_items
+from data.items import problems_frame
+from engine.inference import load_checkpoint, mean_by_group, predict_proba
+
+
+@dataclass
+class AudioInputs:
+    """Windows that have every input a model needs, aligned row for row with the arrays."""
+
+    items: pd.DataFrame
+    arrays: dict[str, np.ndarray]
+    problems: pd.DataFrame
+
+    def subset(self, mask: np.ndarray) -> "AudioInputs":
+        mask = np.asarray(mask, dtype=bool)
+        return AudioInputs(self.items[mask].reset_index(drop=True), {k: v[mask] for k, v in self.arrays.items()},
+                           self.problems)
+
+    def dataset(self, kinds: tuple[str, ...]) -> Dataset:
+        # np.require copies only arrays that are read-only (cached inputs can be), which torch cannot wrap.
+        y = self.items["y"].to_numpy(np.int64) if "y" in self.items else np.zeros(len(self.items), np.int64)
+        return _TensorTuples([torch.from_numpy(np.require(self.arrays[k], requirements="W")) for k in kinds],
+                             torch.tensor(y))
+
+
+class _TensorTuples(Dataset):
+    """``(input, y)`` or ``((input_1, input_2, …), y)`` pairs, as the trainer expects."""
+
+    def __init__(self, inputs: list[torch.Tensor], y: torch.Tensor) -> None:
+        self.inputs, self.y = inputs, y
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, index: int):
+        x = tuple(t[index] for t in self.inputs)
+        return (x if len(x) > 1 else x[0]), self.y[index]
+
+
+def input_spec(kinds: tuple[str, ...], segments: int | None, features: list[str] | None = None) -> dict[str, Any]:
+    """What a checkpoint records of a model's inputs, so a predict path computes them as training did."""
+    return {"kinds": list(kinds), "segments": segments, "mel": MelParams().as_dict(), "mel_frames": MEL_FRAMES,
+            "features": list(features or FEATURE_COLUMNS)}
+
+
+def audio_windows(clips: pd.DataFrame, segments: int | None) -> pd.DataFrame:
+    """The windows a model reads: each clip whole, or ``segments`` 3-second segments; ``clip_item_id`` names the clip."""
+    if segments:
+        return segment_items(clips, segments)
+    return clips.assign(clip_item_id=clips["item_id"]).reset_index(drop=True)
+
+
+def needs_audio_files(kinds: tuple[str, ...], items: pd.DataFrame, features: list[str] | None = None) -> bool:
+    """Whether a model reads audio files (log-mels, or features the table does not already hold)."""
+    features = list(features or FEATURE_COLUMNS)
+    return "mel" in kinds or ("features" in kinds and not set(features) <= set(items.columns))
+
+
+def audio_inputs(items: pd.DataFrame, kinds: tuple[str, ...], cache_dir: str | Path | None, n_jobs: int = 1,
+                 progress: bool = True, mel: MelParams = MelParams(), mel_frames: int = MEL_FRAMES,
+                 features: list[str] | None = None) -> AudioInputs:
+    """Features and/or log-mels of each window.
+
+    ``features`` (default: the 57 GTZAN features) are read from the item table when it has those
+    columns (a feature table, a catalogue's descriptors), else computed from the audio when they
+    are GTZAN features (all 57 or some). Windows whose audio fails, or whose feature cells are empty or not numbers, are
+    dropped and listed in ``problems``.
+    """
+    items = items.reset_index(drop=True)
+    features = list(features or FEATURE_COLUMNS)
+    problems = []
+    if "features" in kinds and not set(features) <= set(items.columns):
+        missing = sorted(set(features) - set(items.columns))
+        if not set(features) <= set(FEATURE_COLUMNS):
+            raise ValueError(f"the audio model reads the table columns {features}; the table lacks {missing}")
+        extracted = extract_features(items, cache_dir=cache_dir, n_jobs=n_jobs, progress=progress)
+        items, problems = extracted.items, [extracted.problems]
+    if "features" in kinds:
+        values = items[features].apply(pd.to_numeric, errors="coerce")
+        bad = values.isna().any(axis=1).to_numpy()
+        if bad.any():
+            problems.append(problems_frame([{"where": "features", "item_id": item_id,
+                                             "reason": "feature values missing or not numbers: "
+                                                       + ", ".join(c for c in features if pd.isna(row[c]))}
+                                            for item_id, (_, row) in zip(items.loc[bad, "item_id"],
+                                                                         values[bad].iterrows())]))
+            items = items[~bad].reset_index(drop=True)
+    arrays: dict[str, np.ndarray] = {}
+    if "mel" in kinds:
+        kept, mels = extract_log_mels(items, cache_dir=cache_dir, n_jobs=n_jobs, progress=progress, mel=mel,
+                                      n_frames=mel_frames)
+        items, arrays["mel"] = kept.items, mels
+        problems.append(kept.problems)
+    if "features" in kinds:
+        arrays["features"] = items[features].apply(pd.to_numeric).to_numpy(np.float32)
+    problems_table = pd.concat(problems, ignore_index=True) if problems else pd.DataFrame(
+        columns=["where", "item_id", "reason"])
+    return AudioInputs(items, arrays, problems_table)
+
+
+@dataclass
+class AudioModel:
+    """A trained audio network, its classes and the inputs it was trained on (see :func:`input_spec`)."""
+
+    network: nn.Module
+    labels: list[str]
+    spec: dict[str, Any]
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return tuple(self.spec["kinds"])
+
+    @property
+    def segments(self) -> int | None:
+        return self.spec.get("segments")
+
+
+def load_audio_model(checkpoint_path: str | Path) -> tuple[AudioModel, dict[str, Any]]:
+    """Rebuild a trained audio model from its ``checkpoint.pt``: ``(model, checkpoint record)``."""
+    record = load_checkpoint(checkpoint_path)
+    if "model" not in record or "inputs" not in record:
+        raise ValueError(f"{checkpoint_path} is not an audio-branch checkpoint (no model/input record)")
+    network = build_audio_model(record["model"], len(record["labels"]))
+    network.load_state_dict(record["model_state"])
+    return AudioModel(network.eval(), list(record["labels"]), dict(record["inputs"])), record
+
+
+def predict_audio_inputs(model: AudioModel, inputs: AudioInputs,
+                         device: str = "auto") -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """Windows' inputs → ``(clip rows, clip probabilities, window probabilities)``.
+
+    A segment model scores a clip by the mean of its windows; a whole-clip model's clip is its
+    one window. Clip rows keep the first window's columns, with ``item_id`` set to the clip's and
+    (segment models) ``windows``, the number of windows averaged.
+    """
+    if len(inputs.items) == 0:
+        empty = np.zeros((0, len(model.labels)))
+        return inputs.items, empty, empty
+    proba = predict_proba(model.network, inputs.dataset(model.kinds), device=device)
+    if not model.segments:
+        return inputs.items, proba, proba
+    y = inputs.items["y"] if "y" in inputs.items else np.zeros(len(inputs.items), dtype=int)
+    clips, _, clip_proba = mean_by_group(inputs.items["clip_item_id"], y, proba)
+    clip_rows = inputs.items.drop_duplicates("clip_item_id").set_index("clip_item_id").loc[clips].reset_index()
+    clip_rows["item_id"] = clip_rows["clip_item_id"]
+    clip_rows["windows"] = inputs.items.groupby("clip_item_id").size().loc[clips].to_numpy()
+    return clip_rows, clip_proba, proba
+
+
+def predict_audio(model: AudioModel, clips: pd.DataFrame, cache_dir: str | Path | None = None, n_jobs: int = 1,
+                  device: str = "auto", progress: bool = False) -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame]:
+    """Clips (``item_id``, ``audio_path``) → ``(clips scored, their probabilities, problems per clip)``.
+
+    A segment past the end of a short file is skipped; a clip with no usable window is left out,
+    and ``problems`` (columns ``item_id``, ``reason``) gives the first reason of each such clip.
+    """
+    windows = audio_windows(clips.assign(segment=-1), model.segments)
+    inputs = audio_inputs(windows, model.kinds, cache_dir, n_jobs=n_jobs, progress=progress,
+                          mel=MelParams(**model.spec["mel"]), mel_frames=model.spec["mel_frames"],
+                          features=model.spec.get("features"))
+    scored, proba, _ = predict_audio_inputs(model, inputs, device)
+    clip_of = dict(zip(windows["item_id"], windows["clip_item_id"]))
+    reasons = (inputs.problems.assign(item_id=inputs.problems["item_id"].map(clip_of))
+               .groupby("item_id", sort=False)["reason"].first())
+    problems = reasons[~reasons.index.isin(set(scored["item_id"]))].reset_index()
+    return scored, proba, problems

@@ -1,0 +1,131 @@
+"""A paired catalogue: one table of tracks, each with its own cover and its own audio, as one item table.
+
+This is the project's main input: both branches train and are compared on the same tracks, split
+once (group-aware over album and artist), and fusion pairs them by track id (``pairing: real``).
+
+Columns (CSV, UTF-8, or Parquet):
+- ``track_id`` (or ``item_id``): the item id; a row without one, or repeating an earlier one, is
+  left out and listed;
+- the genre: ``genre`` (or another ``label_column``), or labelled by MusicOSet's album rule from
+  the artists' Spotify genres (``label_rule=musicoset``, reading ``artist_ids``); a row left
+  without a label is listed, never guessed;
+- ``cover_path`` / ``audio_path``: files, relative to the catalogue's folder or absolute (URL
+  columns are fetched to local files before loading, by :mod:`acquire.catalogue`, which records
+  a failed download in ``cover_error`` / ``audio_error``);
+- grouping columns (default ``album_id`` and ``artist_ids``; several ids in one cell separated
+  by ``;`` or ``|``): tracks sharing any of them stay on one side of every split;
+- anything else (e.g. Spotify's acoustic descriptors) is kept, for a tabular audio model.
+A missing modality is not a problem here: the branch that needs it lists the row.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from data.items import LoadResult, check_header, connected_groups, finish_table, problems_frame, read_delimited
+from data.musicoset import ArtistGenres, load_genre_map
+
+ID_COLUMNS = ("track_id", "item_id")
+LIST_SEPARATOR = re.compile(r"\s*[;|]\s*")
+LABEL_RULES = ("musicoset",)
+
+
+def split_ids(cell: object) -> list[str]:
+    """``"a;b"`` or ``"a|b"`` → ``["a", "b"]`` (empty parts dropped)."""
+    return [part for part in LIST_SEPARATOR.split(str(cell or "").strip()) if part]
+
+
+def read_catalogue(path: str | Path) -> tuple[pd.DataFrame, list[dict]]:
+    """Every well-formed row of a CSV or Parquet catalogue as strings, and the problems of the others."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"catalogue not found: {path}")
+    if path.suffix.lower() in (".parquet", ".pq"):
+        table = pd.read_parquet(path)
+        check_header([str(c) for c in table.columns], path)
+        return table.astype(str).replace({"None": "", "nan": "", "<NA>": ""}), []
+    header, rows, problems = read_delimited(path)
+    return pd.DataFrame(rows, columns=header), problems
+
+
+def load_paired_catalogue(path: str | Path, label_column: str = "genre", label_rule: str | None = None,
+                          musicoset_root: str | Path | None = None, genre_map_path: str | Path | None = None,
+                          group_columns: Sequence[str] = ("album_id", "artist_ids"),
+                          source: str | None = None, id_column: str | None = None) -> LoadResult:
+    """Load a paired catalogue (see the module's docstring) into the item table.
+
+    ``label`` is the raw genre (aliasing happens with the label set); ``group`` ties tracks that
+    share an album or an artist; ``cover_path``/``audio_path`` are absolute or empty. With
+    ``label_rule="musicoset"`` the labels come from ``musicoset_root``'s ``artists.csv`` through
+    ``genre_map_path`` (default: the project's ``genre_map.csv``), and ``label_share``/``label_note``
+    say how clear each vote was. ``id_column`` defaults to the first of ``track_id``, ``item_id``
+    that holds any value (a crawler's album table has an empty ``track_id`` beside its ``item_id``).
+    """
+    path = Path(path).resolve()
+    frame, problems = read_catalogue(path)
+    frame = frame.fillna("").astype(str)
+    frame["_row"] = range(1, len(frame) + 1)  # among the well-formed rows (malformed ones are listed apart)
+    if id_column is None:
+        id_column = next((c for c in ID_COLUMNS if c in frame.columns and (frame[c].str.strip() != "").any()), None)
+    if id_column is None or id_column not in frame.columns:
+        raise ValueError(f"{path} has no {' or '.join(ID_COLUMNS)} column with ids; its columns are "
+                         f"{list(frame.columns)}")
+    frame["item_id"] = frame[id_column].str.strip()
+
+    keep = []
+    seen: set[str] = set()
+    for index, row in frame.iterrows():
+        where = f"{path.name} row {row['_row']}"
+        if not row["item_id"]:
+            problems.append({"where": where, "item_id": "", "reason": f"no {id_column}"})
+        elif row["item_id"] in seen:
+            problems.append({"where": where, "item_id": row["item_id"],
+                             "reason": f"{id_column} repeated (the first row is kept)"})
+        else:
+            seen.add(row["item_id"])
+            keep.append(index)
+    frame = frame.loc[keep].copy()
+
+    if label_rule is not None:
+        frame = _label_by_rule(frame, label_rule, musicoset_root, genre_map_path, path)
+    elif label_column in frame.columns:
+        frame["label"] = frame[label_column].str.strip().str.lower()
+    else:
+        raise ValueError(f"{path} has no {label_column!r} column; give label_column=<the genre column> or "
+                         f"label_rule=musicoset (labels from the artists' genres, needs artist_ids)")
+    unlabelled = frame["label"] == ""
+    for _, row in frame[unlabelled].iterrows():
+        reason = row.get("label_note") or f"missing {label_column}"
+        problems.append({"where": f"{path.name} row {row['_row']}", "item_id": row["item_id"],
+                         "reason": f"no label: {reason}"})
+    frame = frame[~unlabelled].copy()
+
+    base = path.parent
+    for column in ("cover_path", "audio_path"):
+        values = frame[column] if column in frame.columns else pd.Series("", index=frame.index)
+        frame[column] = [str(base / p) if p.strip() and not Path(p.strip()).is_absolute() else p.strip()
+                         for p in values]
+    keys = pd.DataFrame({c: frame[c].map(split_ids) for c in group_columns if c in frame.columns}, index=frame.index)
+    frame["group"] = connected_groups(keys).values if len(keys.columns) else frame["item_id"].to_numpy()
+    frame["source"] = source or path.stem
+    frame = frame.drop(columns=["_row"])
+    return LoadResult(finish_table(frame), problems_frame(problems))
+
+
+def _label_by_rule(frame: pd.DataFrame, rule: str, musicoset_root: str | Path | None,
+                   genre_map_path: str | Path | None, path: Path) -> pd.DataFrame:
+    if rule not in LABEL_RULES:
+        raise ValueError(f"label_rule must be one of {LABEL_RULES}, got {rule!r}")
+    if "artist_ids" not in frame.columns:
+        raise ValueError(f"{path}: label_rule={rule} labels tracks by their artists, but there is no artist_ids column")
+    if musicoset_root is None:
+        raise ValueError("label_rule=musicoset needs musicoset_root (the folder holding musicoset_metadata/)")
+    genre_map = load_genre_map(genre_map_path) if genre_map_path else None
+    artists = ArtistGenres.from_root(musicoset_root, genre_map)
+    labelled = [artists.label(split_ids(cell)) for cell in frame["artist_ids"]]
+    return frame.assign(label=[label for label, _, _ in labelled],
+                        label_share=[round(share, 4) for _, share, _ in labelled],
+                        label_note=[note for _, _, note in labelled])

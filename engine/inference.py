@@ -1,0 +1,135 @@
+"""What every predict path shares: the device, batched class probabilities, and checkpoint files.
+
+Training imports this module, never the reverse: a predict path runs without the trainer.
+Checkpoints hold only tensors and plain Python data, and are read with ``weights_only=True``,
+so a model file can never run code.
+"""
+from __future__ import annotations
+
+import pickle
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from engine.io import atomic_path
+
+BEST_CHECKPOINT = "checkpoint.pt"
+RESUME_CHECKPOINT = "last.pt"
+
+
+class CheckpointError(ValueError):
+    """A model file that cannot be used: empty, truncated, not a torch file, or carrying code."""
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` → CUDA when available, else CPU; an explicit CUDA device without CUDA is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device={name} but no CUDA device is available; use device=cpu or auto")
+    return device
+
+
+def to_device(inputs: Any, device: torch.device) -> Any:
+    """A tensor, or a tuple/list of tensors (hybrid models), moved to ``device``."""
+    if isinstance(inputs, (tuple, list)):
+        return type(inputs)(to_device(x, device) for x in inputs)
+    return inputs.to(device, non_blocking=True)
+
+
+def autocast(device: torch.device, enabled: bool = True):
+    """bf16 autocast on CUDA; a no-op on CPU (CPU results stay float32, bit for bit)."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
+
+
+@torch.no_grad()
+def predict_proba(model: nn.Module, dataset: Dataset, batch_size: int = 256, device: str = "auto",
+                  progress: bool = False) -> np.ndarray:
+    """Class probabilities ``(n_items, n_classes)`` float64 in dataset order (softmax of the logits)."""
+    device_ = resolve_device(device)
+    model.to(device_).eval()
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    chunks = []
+    for inputs, _ in tqdm(loader, desc="predict", leave=False, disable=not progress):
+        with autocast(device_):
+            logits = model(to_device(inputs, device_))
+        chunks.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
+    return np.concatenate(chunks) if chunks else np.zeros((0, 0))
+
+
+def plain(value: Any) -> Any:
+    """``value`` as tensors and plain Python data only (what ``torch.load(weights_only=True)`` accepts)."""
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(value)
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, Mapping):
+        return {str(key) if not isinstance(key, (int, str)) else key: plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(plain(item) for item in value)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(f"a checkpoint holds tensors and plain data only; got {type(value).__name__}: {value!r:.80}")
+
+
+def save_checkpoint(record: dict[str, Any], path: str | Path) -> Path:
+    """Write a checkpoint record (tensors + plain data) atomically."""
+    path = Path(path)
+    with atomic_path(path) as temporary:
+        torch.save(plain(record), temporary)
+    return path
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A checkpoint record, read without running any code; one clear :class:`CheckpointError` otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"No checkpoint at {path}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path} is empty: not a checkpoint")
+    try:
+        record = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(f"{path} holds objects other than tensors and plain data (it could run code), "
+                              f"so it was refused without loading it. Only checkpoints genrefusion wrote can be "
+                              f"used. ({str(error).splitlines()[0][:200]})") from None
+    except Exception as error:  # noqa: BLE001 — torch raises RuntimeError, EOFError, … for broken files
+        raise CheckpointError(f"{path} is not a readable checkpoint (truncated, corrupt or not a torch file): "
+                              f"{type(error).__name__}: {str(error)[:200]}") from None
+    if not isinstance(record, dict):
+        raise CheckpointError(f"{path} is not a genrefusion checkpoint (a {type(record).__name__}, not a record)")
+    return record
+
+
+def load_checkpoint(path: str | Path, model: nn.Module | None = None) -> dict[str, Any]:
+    """Read a ``checkpoint.pt``; with ``model``, load its weights into it. Returns the whole record."""
+    record = read_checkpoint(path)
+    if "model_state" not in record:
+        raise CheckpointError(f"{path} has no model_state: not a genrefusion checkpoint")
+    if model is not None:
+        model.load_state_dict(record["model_state"])
+    return record
+
+
+def mean_by_group(groups: Sequence[str], y: Sequence[int], proba: np.ndarray) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Average item probabilities per group (first-seen order); a group's items share one label.
+
+    Used to score a clip by the mean of its windows. Returns ``(group_ids, y_per_group, proba_per_group)``.
+    """
+    frame = pd.DataFrame(proba).assign(_group=list(groups), _y=np.asarray(y))
+    if (frame.groupby("_group", sort=False)["_y"].nunique() > 1).any():
+        raise ValueError("items of one group carry different labels; cannot aggregate")
+    grouped = frame.groupby("_group", sort=False)
+    return list(grouped.groups), grouped["_y"].first().to_numpy(), grouped[list(range(proba.shape[1]))].mean().to_numpy()
