@@ -3,26 +3,33 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# musicnn's pretrained weights, converted from its PyPI wheel once (acquire/musicnn_weights.py).
+WEIGHTS := .cache/weights/musicnn/MSD_musicnn.pt
 
-.PHONY: run test install clean ablation
+.PHONY: run test install clean ablation weights
 
-install: $(STAMP)
+install: $(STAMP) $(WEIGHTS)
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
-run: $(STAMP)
+weights: $(WEIGHTS)
+
+$(WEIGHTS): | $(STAMP)
+	$(PY) -m acquire.musicnn_weights
+
+run: $(STAMP) $(WEIGHTS)
 	$(PY) scripts/run.py $(ARGS)
 
 # Fusion methods × 3 seeds (Hydra multirun), then one summary table (mean ± std over seeds).
-ablation: $(STAMP)
+ablation: $(STAMP) $(WEIGHTS)
 	dir=outputs/multirun/ablation-$$(date +%Y%m%d-%H%M%S); \
 	$(PY) scripts/run.py -m fusion.method=weighted,mean,logreg,mlp seed=1,2,3 trainer.progress=false \
 		hydra.sweep.dir=$$dir $(ARGS) && $(PY) scripts/summarize_sweep.py $$dir
 
-test: $(STAMP)
+test: $(STAMP) $(WEIGHTS)
 	$(PY) -m pytest $(ARGS)
 
 clean:

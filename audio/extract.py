@@ -8,6 +8,11 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -15,12 +20,15 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import soundfile as sf
 import torch
 from tqdm.auto import tqdm
 
 from audio.features import HOP_LENGTH, N_FFT, gtzan_features
-from audio.io import SAMPLE_RATE, AudioError, read_audio, take_window
+from audio.io import SAMPLE_RATE, AudioError, check_audio_file, read_audio, take_window
 from audio.mel import MelParams, MelSpectrogram
+from audio.musicnn import SAMPLE_RATE as MUSICNN_SAMPLE_RATE
+from audio.musicnn import musicnn_outputs, output_columns
 from data.gtzan import FEATURE_COLUMNS, SEGMENT_HOP_SAMPLES, SEGMENT_SAMPLES
 from data.items import LoadResult, file_digest, problems_frame
 from engine.cache import ArrayCache, JsonCache, cache_key
@@ -38,6 +46,9 @@ Outcome = tuple[Any, str]  # (value, flag) or (None, error)
 class _FeatureJob:
     """The 57 GTZAN features of a window, as a dict (JSON-cached)."""
 
+    sr = SAMPLE_RATE
+    #: Shortest file a model reading this input accepts (set per call from the model's input spec).
+    min_seconds = 0.0
     namespace = "gtzan_features"
     cache_class = JsonCache
     params = {"v": FEATURES_VERSION, "sr": SAMPLE_RATE, "n_fft": N_FFT, "hop": HOP_LENGTH}
@@ -49,6 +60,8 @@ class _FeatureJob:
 class _MelJob:
     """A log-mel ``(n_mels, n_frames)`` float32 of a window (``.npy``-cached)."""
 
+    sr = SAMPLE_RATE
+    min_seconds = 0.0
     namespace = "log_mel"
     cache_class = ArrayCache
 
@@ -67,13 +80,57 @@ class _MelJob:
         return np.ascontiguousarray(out, dtype=np.float32)
 
 
+class _MusicnnJob:
+    """musicnn's mean tag probabilities and penultimate embeddings of a whole clip, at 16 kHz (``.npy``-cached)."""
+
+    sr = MUSICNN_SAMPLE_RATE
+    min_seconds = 0.0
+    namespace = "musicnn"
+    cache_class = ArrayCache
+
+    def __init__(self, models: tuple[str, ...]) -> None:
+        self.models = tuple(models)
+        self.params = {"models": list(models), "v": 1}
+
+    def compute(self, y: np.ndarray, sr: int) -> np.ndarray:
+        try:
+            return musicnn_outputs(y, self.models)
+        except ValueError as error:  # too short for one 3-second patch
+            raise AudioError(str(error)) from None
+
+
+def _with_minimum(job, min_seconds: float):
+    job.min_seconds = float(min_seconds)
+    return job
+
+
+def check_duration(audio_path: str, min_seconds: float) -> None:
+    """Raise :class:`AudioError` when the file's header says it is shorter than ``min_seconds``."""
+    if min_seconds <= 0:
+        return
+    try:
+        info = sf.info(audio_path)
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as error:
+        raise AudioError(f"unreadable audio: {Path(audio_path).name}: {error}") from error
+    seconds = info.frames / info.samplerate if info.samplerate else 0.0
+    if seconds < min_seconds:
+        raise AudioError(f"too short for this model: {Path(audio_path).name} lasts {seconds:.2f} s; "
+                         f"the model needs at least {min_seconds:g} s")
+
+
 def _file_job(audio_path: str, segments: tuple[int, ...], cache_dir: str | None, job) -> list[Outcome]:
     cache = job.cache_class(cache_dir, job.namespace) if cache_dir else None
     name = Path(audio_path).name
     try:
+        if not audio_path:
+            raise AudioError("no audio file given")
+        check_audio_file(audio_path)  # before hashing: a device file would be hashed forever
+        check_duration(audio_path, job.min_seconds)
         content = file_digest(audio_path, "sha1") if cache else ""
+    except AudioError as error:
+        return [(None, str(error))] * len(segments)
     except OSError as error:
-        return [(None, f"missing file: {audio_path} ({error.strerror})")] * len(segments)
+        return [(None, f"unreadable file: {audio_path} ({error.strerror})")] * len(segments)
     decoded = None
     outcomes: list[Outcome] = []
     for segment in segments:
@@ -84,8 +141,10 @@ def _file_job(audio_path: str, segments: tuple[int, ...], cache_dir: str | None,
             continue
         try:
             if decoded is None:
-                decoded = read_audio(audio_path)
+                decoded = read_audio(audio_path, sr=job.sr)
             if segment >= 0:
+                if job.sr != SAMPLE_RATE:
+                    raise AudioError(f"{job.namespace} reads whole clips, not 3-second segments")
                 clip = take_window(decoded, name, segment * SEGMENT_HOP_SAMPLES, SEGMENT_SAMPLES)
                 if clip.padded > SEGMENT_SAMPLES // 2:
                     raise AudioError(f"segment {segment} of {name} is mostly past the end of the file")
@@ -94,7 +153,11 @@ def _file_job(audio_path: str, segments: tuple[int, ...], cache_dir: str | None,
         except AudioError as error:
             outcomes.append((None, str(error)))
             continue
-        value = job.compute(clip.y, clip.sr)
+        try:
+            value = job.compute(clip.y, clip.sr)
+        except AudioError as error:
+            outcomes.append((None, str(error)))
+            continue
         # Padding flags are kept with feature entries; a padded mel is flagged by its features run.
         if cache:
             cache.put(key, {"value": value, "flag": clip.flags} if isinstance(value, dict) else value)
@@ -115,8 +178,28 @@ def _worker_pool(n_jobs: int) -> ProcessPoolExecutor:
         # Forked children of a process whose torch/OpenMP threads already ran can deadlock;
         # fresh "spawn" workers with one thread each avoid that (and oversubscription).
         _POOLS[n_jobs] = ProcessPoolExecutor(max_workers=n_jobs, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=torch.set_num_threads, initargs=(1,))
+                                             initializer=_init_worker, initargs=(os.getpid(),))
     return _POOLS[n_jobs]
+
+
+def _init_worker(parent_pid: int) -> None:
+    """One torch thread per worker; and a worker ends with its parent, even one killed with SIGKILL
+    (which runs no clean-up), instead of living on with hundreds of megabytes."""
+    torch.set_num_threads(1)
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+        if os.getppid() != parent_pid:  # the parent died before the line above ran
+            os._exit(1)
+        return
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def _map_on_workers(n_jobs: int, jobs: list[tuple], bar: dict[str, Any], retries: int = 1) -> list:
@@ -165,14 +248,14 @@ def _run(items: pd.DataFrame, job, cache_dir, n_jobs: int, progress: bool) -> tu
 
 
 def extract_features(items: pd.DataFrame, cache_dir: str | Path | None = None, n_jobs: int = 1,
-                     progress: bool = True) -> LoadResult:
+                     progress: bool = True, min_seconds: float = 0.0) -> LoadResult:
     """Add the 57 GTZAN feature columns to ``items`` (needs ``audio_path``; ``segment`` optional).
 
     Items whose audio is missing, unreadable, corrupt or silent are left out and listed in
     ``problems`` with the reason; windows padded to length keep their row and get a ``flag``.
     """
     items = items.reset_index(drop=True)
-    keep, values, problems = _run(items, _FeatureJob(), cache_dir, n_jobs, progress)
+    keep, values, problems = _run(items, _with_minimum(_FeatureJob(), min_seconds), cache_dir, n_jobs, progress)
     table = items.loc[keep].drop(columns=[c for c in FEATURE_COLUMNS if c in items.columns]).reset_index(drop=True)
     rows = [{**features, "flag": flag} for features, flag in values]
     table = pd.concat([table, pd.DataFrame(rows, columns=[*FEATURE_COLUMNS, "flag"])], axis=1)
@@ -181,13 +264,31 @@ def extract_features(items: pd.DataFrame, cache_dir: str | Path | None = None, n
 
 def extract_log_mels(items: pd.DataFrame, cache_dir: str | Path | None = None, n_jobs: int = 1,
                      progress: bool = True, mel: MelParams = MelParams(),
-                     n_frames: int | None = MEL_FRAMES) -> tuple[LoadResult, np.ndarray]:
+                     n_frames: int | None = MEL_FRAMES, min_seconds: float = 0.0) -> tuple[LoadResult, np.ndarray]:
     """Log-mel spectrograms of each item's window: ``(kept items, array (n_kept, n_mels, n_frames))``.
 
     ``n_frames=None`` keeps every frame (windows must then be of equal length to stack).
     Failed items are left out and listed in ``problems``, as in :func:`extract_features`.
     """
     items = items.reset_index(drop=True)
-    keep, values, problems = _run(items, _MelJob(mel, n_frames), cache_dir, n_jobs, progress)
+    keep, values, problems = _run(items, _with_minimum(_MelJob(mel, n_frames), min_seconds), cache_dir, n_jobs,
+                                  progress)
     mels = np.stack([value for value, _ in values]) if values else np.zeros((0, mel.n_mels, n_frames or 0), np.float32)
     return LoadResult(items.loc[keep].reset_index(drop=True), problems), mels
+
+
+def extract_musicnn(items: pd.DataFrame, models: tuple[str, ...], output: str, cache_dir: str | Path | None = None,
+                    n_jobs: int = 1, progress: bool = True, min_seconds: float = 0.0) -> tuple[LoadResult, np.ndarray]:
+    """musicnn outputs of each item's whole clip: ``(kept items, array (n_kept, 50|200 · len(models)))``.
+
+    ``output`` is ``"tags"`` (mean tag probabilities) or ``"embedding"`` (mean penultimate layer).
+    Failed items (missing, unreadable, silent, shorter than 3 s) are listed in ``problems``.
+    """
+    if output not in ("tags", "embedding"):
+        raise ValueError(f"musicnn output must be 'tags' or 'embedding', got {output!r}")
+    items = items.reset_index(drop=True)
+    keep, values, problems = _run(items, _with_minimum(_MusicnnJob(models), min_seconds), cache_dir, n_jobs,
+                                  progress)
+    columns = output_columns(tuple(models), output)
+    array = np.stack([value[columns] for value, _ in values]) if values else np.zeros((0, len(columns)), np.float32)
+    return LoadResult(items.loc[keep].reset_index(drop=True), problems), array

@@ -7,9 +7,16 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from data.items import input_file_problem
+
 SAMPLE_RATE = 22050
-#: Peak amplitude under which a clip counts as silent (about -120 dBFS).
+#: Peak amplitude, after removing the mean (a DC offset is no sound), under which a clip is silent
+#: (about -120 dBFS).
 SILENCE_PEAK = 1e-6
+#: Largest audio file read (bytes): a 20-minute 44.1 kHz stereo WAV is about 212 MB.
+MAX_AUDIO_BYTES = 256 * 1024 * 1024
+#: Longest audio decoded (seconds); a preview is 30 s, a long track 10 minutes.
+MAX_AUDIO_SECONDS = 20 * 60
 
 
 class AudioError(ValueError):
@@ -39,14 +46,32 @@ def load_audio(path: str | Path, sr: int = SAMPLE_RATE, offset: int = 0, n_sampl
     return take_window(read_audio(path, sr), path.name, offset, n_samples, pad)
 
 
+def check_audio_file(path: str | Path) -> None:
+    """Raise :class:`AudioError` unless ``path`` is a regular file of at most :data:`MAX_AUDIO_BYTES`
+    (a device such as ``/dev/zero`` or a pipe would be read forever)."""
+    problem = input_file_problem(path, MAX_AUDIO_BYTES)
+    if problem:
+        raise AudioError(problem)
+
+
 def read_audio(path: str | Path, sr: int = SAMPLE_RATE) -> AudioClip:
-    """Decode the whole file to mono float32 at ``sr``, unchecked (windows are checked by :func:`take_window`)."""
+    """Decode the whole file to mono float32 at ``sr``, unchecked (windows are checked by :func:`take_window`).
+
+    Refused with an :class:`AudioError`: anything but a regular file of at most
+    :data:`MAX_AUDIO_BYTES`, what libsndfile cannot decode, and audio longer than
+    :data:`MAX_AUDIO_SECONDS` (checked from the header, before decoding).
+    """
     path = Path(path)
-    if not path.is_file():
-        raise AudioError(f"missing file: {path}")
+    check_audio_file(path)
     try:
+        info = sf.info(path)
+        if info.samplerate > 0 and info.frames / info.samplerate > MAX_AUDIO_SECONDS:
+            raise AudioError(f"too long: {path.name} lasts {info.frames / info.samplerate:.0f} s "
+                             f"(limit {MAX_AUDIO_SECONDS} s)")
         data, source_sr = sf.read(path, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as error:
+        if isinstance(error, AudioError):
+            raise
         raise AudioError(f"unreadable audio: {path.name}: {error}") from error
     y = data.mean(axis=1)
     if source_sr != sr:
@@ -69,8 +94,9 @@ def take_window(clip: AudioClip, name: str, offset: int = 0, n_samples: int | No
         raise AudioError(f"empty audio: {name} (no samples at offset {offset})")
     if not np.isfinite(y).all():
         raise AudioError(f"corrupt audio: {name} has non-finite samples")
-    if np.abs(y).max() < SILENCE_PEAK:
-        raise AudioError(f"silent audio: {name}")
+    if np.abs(y - y.mean()).max() < SILENCE_PEAK:
+        raise AudioError(f"silent audio: {name}" + (" (a constant offset, no sound)" if np.abs(y).max() >= SILENCE_PEAK
+                                                    else ""))
     padded = 0
     if n_samples is not None and len(y) < n_samples:
         if not pad:

@@ -64,21 +64,35 @@ class HybridNet(nn.Module):
 
 @dataclass(frozen=True)
 class AudioModelKind:
-    """How to build one kind of audio model from its config, and which inputs it reads."""
+    """How to build one kind of audio model from its config and label set, and which inputs it reads.
+
+    ``trainable=False``: a fixed model (zero-shot), reported without the trainer.
+    ``min_seconds``: the shortest audio file the model scores (shorter ones are refused, with the
+    reason); it goes into the model card.
+    """
 
     inputs: tuple[str, ...]
-    build: Callable[[dict[str, Any], int], nn.Module]
+    build: Callable[[dict[str, Any], Sequence[str]], nn.Module]
+    trainable: bool = True
+    min_seconds: float = 0.0
 
 
 AUDIO_MODELS: Registry[AudioModelKind] = Registry("audio.model.kind")
 
 
-def register_audio_model(name: str, inputs: tuple[str, ...]):
-    """Decorator over ``build(model_cfg, n_classes) -> nn.Module``: a new ``audio.model.kind``."""
-    def add(build: Callable[[dict[str, Any], int], nn.Module]) -> Callable[[dict[str, Any], int], nn.Module]:
-        AUDIO_MODELS.register(name)(AudioModelKind(tuple(inputs), build))
+def register_audio_model(name: str, inputs: tuple[str, ...], trainable: bool = True, min_seconds: float = 0.0):
+    """Decorator over ``build(model_cfg, labels) -> nn.Module``: a new ``audio.model.kind``."""
+    def add(build: Callable[[dict[str, Any], Sequence[str]], nn.Module]):
+        AUDIO_MODELS.register(name)(AudioModelKind(tuple(inputs), build, trainable, min_seconds))
         return build
     return add
+
+
+#: Whole-clip GTZAN statistics (means and variances over frames, tempo) of a file this short are not
+#: those of the 30-second clips the models learn from.
+MIN_SECONDS_WHOLE_CLIP = 10.0
+#: One whole 3-second window (a segment of the mel models, a patch of musicnn).
+MIN_SECONDS_WINDOW = 3.0
 
 
 def feature_columns(model_cfg: dict[str, Any]) -> list[str]:
@@ -87,33 +101,50 @@ def feature_columns(model_cfg: dict[str, Any]) -> list[str]:
     return list(model_cfg.get("features") or FEATURE_COLUMNS)
 
 
-def _feature_mlp(model_cfg: dict[str, Any], n_classes: int) -> FeatureMLP:
-    return FeatureMLP(len(feature_columns(model_cfg)), n_classes, hidden=list(model_cfg.get("hidden", (256, 128, 64))),
-                      dropout=model_cfg.get("dropout", 0.3))
+def _feature_mlp(model_cfg: dict[str, Any], labels: Sequence[str]) -> FeatureMLP:
+    return FeatureMLP(len(feature_columns(model_cfg)), len(labels),
+                      hidden=list(model_cfg.get("hidden", (256, 128, 64))), dropout=model_cfg.get("dropout", 0.3))
 
 
-def _mel_cnn(model_cfg: dict[str, Any], n_classes: int) -> MelCNN:
-    return MelCNN(n_classes, channels=list(model_cfg.get("channels", (16, 32, 64, 128))),
+def _mel_cnn(model_cfg: dict[str, Any], labels: Sequence[str]) -> MelCNN:
+    return MelCNN(len(labels), channels=list(model_cfg.get("channels", (16, 32, 64, 128))),
                   dropout=model_cfg.get("dropout", 0.3))
 
 
-register_audio_model("feature_mlp", ("features",))(_feature_mlp)
+register_audio_model("feature_mlp", ("features",), min_seconds=MIN_SECONDS_WHOLE_CLIP)(_feature_mlp)
 
 
-@register_audio_model("mel_cnn", ("mel",))
-def _mel_cnn_alone(model_cfg: dict[str, Any], n_classes: int) -> MelCNN:
+@register_audio_model("mel_cnn", ("mel",), min_seconds=MIN_SECONDS_WINDOW)
+def _mel_cnn_alone(model_cfg: dict[str, Any], labels: Sequence[str]) -> MelCNN:
     # Every audio model has always drawn an MLP's initial weights first; drawing (and dropping)
     # them here keeps a seed's mel-CNN weights, and so the published mel-CNN numbers, unchanged.
-    _feature_mlp(model_cfg, n_classes)
-    return _mel_cnn(model_cfg, n_classes)
+    _feature_mlp(model_cfg, labels)
+    return _mel_cnn(model_cfg, labels)
 
 
-@register_audio_model("hybrid", ("mel", "features"))
-def _hybrid(model_cfg: dict[str, Any], n_classes: int) -> HybridNet:
+@register_audio_model("hybrid", ("mel", "features"), min_seconds=MIN_SECONDS_WINDOW)
+def _hybrid(model_cfg: dict[str, Any], labels: Sequence[str]) -> HybridNet:
     # The MLP is built before the CNN, as it always was: the same seed gives the same initial weights.
-    mlp = _feature_mlp(model_cfg, n_classes)
-    return HybridNet(_mel_cnn(model_cfg, n_classes), mlp, n_classes, hidden=model_cfg.get("head_hidden", 128),
+    mlp = _feature_mlp(model_cfg, labels)
+    return HybridNet(_mel_cnn(model_cfg, labels), mlp, len(labels), hidden=model_cfg.get("head_hidden", 128),
                      dropout=model_cfg.get("dropout", 0.3))
+
+
+@register_audio_model("musicnn_embed", ("musicnn_embedding",), min_seconds=MIN_SECONDS_WINDOW)
+def _musicnn_embed(model_cfg: dict[str, Any], labels: Sequence[str]) -> FeatureMLP:
+    """A head (linear, or an MLP with ``hidden`` layers) on frozen musicnn embeddings (200 per network)."""
+    from audio.musicnn import EMBEDDING_DIM
+
+    return FeatureMLP(EMBEDDING_DIM * len(model_cfg["musicnn"]), len(labels), hidden=list(model_cfg.get("hidden", [])),
+                      dropout=model_cfg.get("dropout", 0.0))
+
+
+@register_audio_model("musicnn_tags", ("musicnn_tags",), trainable=False, min_seconds=MIN_SECONDS_WINDOW)
+def _musicnn_tags(model_cfg: dict[str, Any], labels: Sequence[str]) -> nn.Module:
+    """Zero-shot: musicnn's tag probabilities → genres through a tag → genre table (no training)."""
+    from audio.musicnn import TagGenres
+
+    return TagGenres(list(model_cfg["musicnn"]), labels, model_cfg.get("tag_genres"))
 
 
 def model_kind(model_cfg: dict[str, Any]) -> AudioModelKind:
@@ -121,6 +152,6 @@ def model_kind(model_cfg: dict[str, Any]) -> AudioModelKind:
     return AUDIO_MODELS.get(model_cfg.get("kind"))
 
 
-def build_audio_model(model_cfg: dict[str, Any], n_classes: int) -> nn.Module:
-    """The model a config (or a checkpoint's ``model`` record) describes, untrained."""
-    return model_kind(model_cfg).build(model_cfg, n_classes)
+def build_audio_model(model_cfg: dict[str, Any], labels: Sequence[str]) -> nn.Module:
+    """The model a config (or a checkpoint's ``model`` record) describes for ``labels``, untrained."""
+    return model_kind(model_cfg).build(model_cfg, labels)

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from audio.extract import MEL_FRAMES, extract_features, extract_log_mels
+from audio.extract import MEL_FRAMES, extract_features, extract_log_mels, extract_musicnn
 from audio.mel import MelParams
 from audio.models import build_audio_model
 from data.gtzan import FEATURE_COLUMNS, segment_items
@@ -59,10 +59,17 @@ class _TensorTuples(Dataset):
         return (x if len(x) > 1 else x[0]), self.y[index]
 
 
-def input_spec(kinds: tuple[str, ...], segments: int | None, features: list[str] | None = None) -> dict[str, Any]:
-    """What a checkpoint records of a model's inputs, so a predict path computes them as training did."""
+#: Input kinds computed by musicnn, and the output of the network each is.
+MUSICNN_INPUTS = {"musicnn_tags": "tags", "musicnn_embedding": "embedding"}
+
+
+def input_spec(kinds: tuple[str, ...], segments: int | None, features: list[str] | None = None,
+               musicnn: list[str] | None = None, min_seconds: float = 0.0) -> dict[str, Any]:
+    """What a checkpoint records of a model's inputs, so a predict path computes them as training did
+    (and refuses audio files shorter than ``min_seconds``)."""
     return {"kinds": list(kinds), "segments": segments, "mel": MelParams().as_dict(), "mel_frames": MEL_FRAMES,
-            "features": list(features or FEATURE_COLUMNS)}
+            "features": list(features or FEATURE_COLUMNS), "musicnn": list(musicnn or []),
+            "min_seconds": float(min_seconds)}
 
 
 def audio_windows(clips: pd.DataFrame, segments: int | None) -> pd.DataFrame:
@@ -73,14 +80,15 @@ def audio_windows(clips: pd.DataFrame, segments: int | None) -> pd.DataFrame:
 
 
 def needs_audio_files(kinds: tuple[str, ...], items: pd.DataFrame, features: list[str] | None = None) -> bool:
-    """Whether a model reads audio files (log-mels, or features the table does not already hold)."""
+    """Whether a model reads audio files (log-mels, musicnn, or features the table does not already hold)."""
     features = list(features or FEATURE_COLUMNS)
-    return "mel" in kinds or ("features" in kinds and not set(features) <= set(items.columns))
+    return bool({"mel", *MUSICNN_INPUTS} & set(kinds)) or ("features" in kinds and not set(features) <= set(items.columns))
 
 
 def audio_inputs(items: pd.DataFrame, kinds: tuple[str, ...], cache_dir: str | Path | None, n_jobs: int = 1,
                  progress: bool = True, mel: MelParams = MelParams(), mel_frames: int = MEL_FRAMES,
-                 features: list[str] | None = None) -> AudioInputs:
+                 features: list[str] | None = None, musicnn: list[str] | None = None,
+                 min_seconds: float = 0.0) -> AudioInputs:
     """Features and/or log-mels of each window.
 
     ``features`` (default: the 57 GTZAN features) are read from the item table when it has those
@@ -95,7 +103,8 @@ def audio_inputs(items: pd.DataFrame, kinds: tuple[str, ...], cache_dir: str | P
         missing = sorted(set(features) - set(items.columns))
         if not set(features) <= set(FEATURE_COLUMNS):
             raise ValueError(f"the audio model reads the table columns {features}; the table lacks {missing}")
-        extracted = extract_features(items, cache_dir=cache_dir, n_jobs=n_jobs, progress=progress)
+        extracted = extract_features(items, cache_dir=cache_dir, n_jobs=n_jobs, progress=progress,
+                                     min_seconds=min_seconds)
         items, problems = extracted.items, [extracted.problems]
     if "features" in kinds:
         values = items[features].apply(pd.to_numeric, errors="coerce")
@@ -110,8 +119,15 @@ def audio_inputs(items: pd.DataFrame, kinds: tuple[str, ...], cache_dir: str | P
     arrays: dict[str, np.ndarray] = {}
     if "mel" in kinds:
         kept, mels = extract_log_mels(items, cache_dir=cache_dir, n_jobs=n_jobs, progress=progress, mel=mel,
-                                      n_frames=mel_frames)
+                                      n_frames=mel_frames, min_seconds=min_seconds)
         items, arrays["mel"] = kept.items, mels
+        problems.append(kept.problems)
+    for kind in set(kinds) & set(MUSICNN_INPUTS):
+        if not musicnn:
+            raise ValueError(f"input {kind} needs the musicnn networks to use (audio.model.musicnn)")
+        kept, arrays[kind] = extract_musicnn(items, tuple(musicnn), MUSICNN_INPUTS[kind], cache_dir=cache_dir,
+                                             n_jobs=n_jobs, progress=progress, min_seconds=min_seconds)
+        items = kept.items
         problems.append(kept.problems)
     if "features" in kinds:
         arrays["features"] = items[features].apply(pd.to_numeric).to_numpy(np.float32)
@@ -142,7 +158,7 @@ def load_audio_model(checkpoint_path: str | Path) -> tuple[AudioModel, dict[str,
     record = load_checkpoint(checkpoint_path)
     if "model" not in record or "inputs" not in record:
         raise ValueError(f"{checkpoint_path} is not an audio-branch checkpoint (no model/input record)")
-    network = build_audio_model(record["model"], len(record["labels"]))
+    network = build_audio_model(record["model"], list(record["labels"]))
     network.load_state_dict(record["model_state"])
     return AudioModel(network.eval(), list(record["labels"]), dict(record["inputs"])), record
 
@@ -179,7 +195,8 @@ def predict_audio(model: AudioModel, clips: pd.DataFrame, cache_dir: str | Path 
     windows = audio_windows(clips.assign(segment=-1), model.segments)
     inputs = audio_inputs(windows, model.kinds, cache_dir, n_jobs=n_jobs, progress=progress,
                           mel=MelParams(**model.spec["mel"]), mel_frames=model.spec["mel_frames"],
-                          features=model.spec.get("features"))
+                          features=model.spec.get("features"), musicnn=model.spec.get("musicnn"),
+                          min_seconds=model.spec.get("min_seconds", 0.0))
     scored, proba, _ = predict_audio_inputs(model, inputs, device)
     clip_of = dict(zip(windows["item_id"], windows["clip_item_id"]))
     reasons = (inputs.problems.assign(item_id=inputs.problems["item_id"].map(clip_of))

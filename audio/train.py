@@ -23,7 +23,7 @@ from audio.predict import (AudioInputs, AudioModel, audio_inputs, audio_windows,
 from data.items import missing_modality
 from engine.config import prepare_from_config, trainer_config
 from engine.report import add_to_metrics, paired_accuracy_difference
-from engine.run import fit_estimator_and_report, held_out, train_and_report
+from engine.run import fit_estimator_and_report, held_out, report_fixed_model, train_and_report
 from engine.trainer import seed_everything
 
 log = logging.getLogger(__name__)
@@ -47,8 +47,11 @@ def train_audio(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     items, no_audio = prepared.items, None
     if needs_audio_files(kinds, items, features):
         items, no_audio = missing_modality(items, "audio_path", "audio")
+    musicnn = list(model_cfg.get("musicnn") or [])
+    min_seconds = model_kind(model_cfg).min_seconds
     inputs = audio_inputs(audio_windows(items, n_segments), kinds, cfg.paths.cache_dir,
-                          n_jobs=branch.get("n_jobs", 1), progress=cfg.trainer.progress, features=features)
+                          n_jobs=branch.get("n_jobs", 1), progress=cfg.trainer.progress, features=features,
+                          musicnn=musicnn, min_seconds=min_seconds)
     if no_audio is not None and len(no_audio):
         inputs.problems = pd.concat([no_audio, inputs.problems], ignore_index=True)
     if len(inputs.problems):
@@ -58,11 +61,11 @@ def train_audio(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     labels = prepared.labels
     config = trainer_config(cfg, branch.trainer, train_targets=train.items["y"], n_classes=len(labels))
     seed_everything(config.seed)
-    network = build_audio_model(model_cfg, len(labels))
+    network = build_audio_model(model_cfg, labels)
     mlp = network.mlp if isinstance(network, HybridNet) else network
-    if isinstance(mlp, FeatureMLP):
-        mlp.fit_standardiser(train.arrays["features"])
-    spec = input_spec(kinds, n_segments, features)
+    if isinstance(mlp, FeatureMLP):  # standardised on the training rows of the vector input it reads
+        mlp.fit_standardiser(train.arrays["features" if isinstance(network, HybridNet) else kinds[0]])
+    spec = input_spec(kinds, n_segments, features, musicnn, min_seconds)
     card = {"branch": "audio", "model": branch.name, "data": prepared.name, **prepared.describe(),
             "split_name": prepared.split_path.stem, "inputs": spec, "input_problems": len(inputs.problems),
             "class_weights": config.class_weights, "config": OmegaConf.to_container(branch, resolve=True)}
@@ -83,29 +86,32 @@ def train_audio(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         return clips, clip_proba, {"item_accuracy": item_accuracy,
                                    "aggregated_over": "mean probability of each clip's segments"}
 
+    checkpoint_metadata = {"model": model_cfg, "inputs": spec}
+    if not model_kind(model_cfg).trainable:
+        return report_fixed_model(network, run_dir, labels, title + " · zero-shot", card, predict_held_out,
+                                  checkpoint_metadata, seed=config.seed)
     metrics, clips, clip_proba = train_and_report(network, train.dataset(kinds), val.dataset(kinds), config, run_dir,
-                                                  labels, title, card, predict_held_out,
-                                                  checkpoint_metadata={"model": model_cfg, "inputs": spec})
+                                                  labels, title, card, predict_held_out, checkpoint_metadata)
     if branch.get("reference") == "logreg":
         if n_segments:
             raise ValueError("audio.reference=logreg compares per-clip feature models; drop it for segment models")
         test_clips = (clips["split"] == "test").to_numpy()
-        metrics["reference_logreg"] = _logreg_reference(train, test, labels, run_dir, card, config.seed,
+        metrics["reference_logreg"] = _logreg_reference(train, test, kinds[0], labels, run_dir, card, config.seed,
                                                         clip_proba[test_clips].argmax(1))
         add_to_metrics(run_dir, reference_logreg=metrics["reference_logreg"])
     return metrics
 
 
-def _logreg_reference(train: AudioInputs, test: AudioInputs, labels: list[str], run_dir: Path,
+def _logreg_reference(train: AudioInputs, test: AudioInputs, kind: str, labels: list[str], run_dir: Path,
                       card: dict[str, Any], seed: int, model_predictions: np.ndarray) -> dict[str, Any]:
-    """scikit-learn's standardised logistic regression on the same features and test items."""
+    """scikit-learn's standardised logistic regression on the same vector input (``kind``) and test items."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
     estimator = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000))
     reference, proba = fit_estimator_and_report(
-        estimator, train.arrays["features"], train.items["y"].to_numpy(), test.items, test.arrays["features"],
+        estimator, train.arrays[kind], train.items["y"].to_numpy(), test.items, test.arrays[kind],
         labels, run_dir / "reference_logreg", title=f"reference: scikit-learn logistic regression · split "
         f"{card['split_name']}", card=card, seed=seed, predictions=False,
     )

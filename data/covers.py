@@ -5,7 +5,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from data.items import LoadResult, connected_groups, file_digest, finish_table, problems_frame, read_delimited
+from data.items import (LoadResult, connected_groups, file_digest, finish_table, input_file_problem, problems_frame,
+                        read_delimited)
+
+#: Largest cover file read (bytes); a cover is a few hundred kilobytes, a print-size scan tens of megabytes.
+MAX_COVER_BYTES = 64 * 1024 * 1024
 
 REQUIRED_COLUMNS = ["path", "genre"]
 #: Columns whose shared values tie covers together (same image, same release, same artist).
@@ -68,8 +72,9 @@ def load_covers_table(
             continue
         path = Path(row["path"])
         full = path if path.is_absolute() else base / path
-        if not full.is_file():
-            problems.append({"where": where, "item_id": row["path"], "reason": f"missing file: {full}"})
+        problem = input_file_problem(full, MAX_COVER_BYTES)
+        if problem:
+            problems.append({"where": where, "item_id": row["path"], "reason": problem})
             continue
         frame.at[index, "cover_path"] = str(full)
         keep.append(index)
@@ -79,8 +84,14 @@ def load_covers_table(
     if "source" not in frame.columns:
         frame["source"] = csv_path.stem
     frame["source"] = frame["source"].replace("", csv_path.stem)
-    # The path minus its extension is unique per row even when a release is filed twice.
+    # The path minus its extension is unique per row even when a release is filed twice; a file listed
+    # twice (or two files differing only in their extension) keeps its first row.
     frame["item_id"] = [str(Path(p).with_suffix("")) for p in frame["path"]]
+    repeated = frame["item_id"].duplicated()
+    for _, row in frame[repeated].iterrows():
+        problems.append({"where": f"{csv_path.name}:{row['_line']}", "item_id": row["item_id"],
+                         "reason": "listed twice (the first row is kept)"})
+    frame = frame[~repeated]
     if "md5" not in frame.columns:
         frame["md5"] = ""
     if compute_missing_md5:

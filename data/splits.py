@@ -48,6 +48,10 @@ class SplitSpec:
 def _group_fold(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     """Boolean mask of one stratified group fold holding about ``fraction`` of the items."""
     n_splits = max(2, round(1 / fraction))
+    n_groups = len(np.unique(groups))
+    if n_groups < n_splits:
+        raise ValueError(f"{n_groups} group(s) are too few to hold out {fraction:.0%} of them (at least {n_splits} "
+                         "are needed): use more data, a larger fraction, or split=random")
     folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     _, held = next(folds.split(np.zeros(len(labels)), labels, groups))
     mask = np.zeros(len(labels), dtype=bool)

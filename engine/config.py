@@ -39,12 +39,34 @@ def register_configs() -> None:
                           "aliases": dict(label_set.aliases)})
 
 
+_SCALARS = {"int": int, "float": float, "bool": bool, "str": str}
+
+
+def _check_type(where: str, name: str, annotation: str, value: Any) -> None:
+    """A scalar setting must have its declared type (``max_epochs=abc`` is an error, not a string)."""
+    options = [part.strip() for part in str(annotation).split("|")]
+    if value is None:
+        if "None" not in options:
+            raise ValueError(f"{where}.{name} must be set (got null)")
+        return
+    scalars = [_SCALARS[o] for o in options if o in _SCALARS]
+    if len(scalars) != len([o for o in options if o != "None"]):
+        return  # a container or other type: checked by the dataclass itself
+    ok = any(isinstance(value, t) and not (t is not bool and isinstance(value, bool)) for t in scalars)
+    ok = ok or (float in scalars and isinstance(value, int) and not isinstance(value, bool))
+    if not ok:
+        expected = " or ".join(o for o in options if o != "None")
+        raise ValueError(f"{where}.{name} must be {expected}, got {value!r}")
+
+
 def _dataclass_from(cls: type, node: DictConfig | dict, where: str) -> Any:
     values = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - known)
+    declared = {f.name: f.type for f in fields(cls)}
+    unknown = sorted(set(values) - set(declared))
     if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
+        raise ValueError(f"{where}: unknown key(s) {unknown}; known: {sorted(declared)}")
+    for name, value in values.items():
+        _check_type(where, name, declared[name], value)
     return cls(**values)
 
 
@@ -54,6 +76,7 @@ def trainer_config(cfg: DictConfig, override: DictConfig | dict | None = None,
 
     ``class_weights: balanced`` becomes scikit-learn's balanced weights of ``train_targets``.
     """
+    _dataclass_from(TrainerConfig, cfg.trainer, "trainer")  # the run's own settings are checked even where overridden
     merged = OmegaConf.to_container(OmegaConf.merge(cfg.trainer, override or {}), resolve=True)
     if merged.get("class_weights") == "balanced":
         if train_targets is None or n_classes is None:

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from engine.inference import BEST_CHECKPOINT, save_checkpoint
 from engine.io import write_json
 from engine.predictions import write_predictions
 from engine.report import evaluate_predictions, headline, write_report
@@ -119,6 +120,20 @@ def train_and_report(model: nn.Module, train_set: Dataset, val_set: Dataset, tra
     metrics = report_held_out(run_dir, held, proba, labels, title, {**card, "trainer": asdict(trainer_config)},
                               seed=trainer_config.seed, extra={"training": training, **extra})
     return metrics, held, proba
+
+
+def report_fixed_model(model: nn.Module, run_dir: str | Path, labels: Sequence[str], title: str,
+                       card: dict[str, Any],
+                       predict_held_out: Callable[[nn.Module], tuple[pd.DataFrame, np.ndarray, dict[str, Any]]],
+                       checkpoint_metadata: dict[str, Any] | None = None, seed: int = 0) -> dict[str, Any]:
+    """A model that is not trained (zero-shot): its checkpoint, then the same report as a trained one."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_checkpoint({"model_state": model.state_dict(), "labels": list(labels), "card": card,
+                     **(checkpoint_metadata or {})}, run_dir / BEST_CHECKPOINT)
+    held, proba, extra = predict_held_out(model)
+    return report_held_out(run_dir, held, proba, labels, title, card, seed=seed,
+                           extra={"training": "none (zero-shot)", **extra})
 
 
 def fit_estimator_and_report(estimator: Any, x_train: np.ndarray, y_train: np.ndarray, held: pd.DataFrame,

@@ -39,8 +39,9 @@ def evaluate_tracks(model_dir: str | Path, loaded: LoadResult, out_dir: str | Pa
     scores = score_files(scorer, items["cover_path"].tolist(), items["audio_path"].tolist(),
                          str(cache_dir) if cache_dir else None, device, n_jobs)
     y = items["label"].map({label: i for i, label in enumerate(labels)}).to_numpy()
+    # split/y as a branch's predictions.csv has them, so scripts/compare_runs.py pairs two evaluations.
     table = items[["item_id", "label", "group", "cover_path", "audio_path"]].assign(
-        cover_error=scores.cover_errors, audio_error=scores.audio_errors)
+        split="test", y=y, cover_error=scores.cover_errors, audio_error=scores.audio_errors)
     for prefix, proba in (("cover_", scores.p_cover), ("audio_", scores.p_audio)):
         table[[prefix + c for c in probability_columns(labels)]] = proba
     with atomic_path(out_dir / "predictions.csv") as temporary:

@@ -32,8 +32,9 @@ from acquire.http import Downloader
 from acquire.verify import verify_audio, verify_cover
 from audio.predict import AudioModel, load_audio_model, predict_audio
 from covers.predict import CoverModel, load_cover_model, predict_covers
+from data.items import check_header
 from engine.inference import BEST_CHECKPOINT, read_checkpoint
-from engine.io import write_json
+from engine.io import write_json, write_text_atomic
 from engine.predictions import present, probability_columns, with_predictions
 from fusion.heads import FUSION_HEAD, FusionHead, fusion_inputs, load_fusion_head
 
@@ -122,6 +123,7 @@ def read_track_table(path: str | Path) -> tuple[pd.DataFrame, list[str]]:
             header = [h.strip() for h in next(reader, [])]
             if not header:
                 raise ValueError(f"{path} is empty: expected a header row")
+            check_header(header, path)
             known = set(ID_COLUMNS) | set(SOURCE_COLUMNS)
             if not known & set(header):
                 raise ValueError(f"{path} has none of the columns {sorted(known)}; header is {header}")
@@ -273,6 +275,12 @@ def score_files(scorer: TrackScorer, covers: list[str], audios: list[str], cache
     return Scores(p_cover, p_audio, fused, cover_errors, audio_errors)
 
 
+def output_columns(scorer: TrackScorer) -> list[str]:
+    """The columns of a scores table, in order."""
+    return ["row", "track_id", "item_id", "status", "modalities", "predicted",
+            *probability_columns(scorer.labels), "cover_error", "audio_error"]
+
+
 def score_batch(scorer: TrackScorer, rows: pd.DataFrame, resolver: _Resolver, cache_dir: str | None,
                 device: str, n_jobs: int = 1) -> pd.DataFrame:
     """Output rows for a batch of input rows (same order): status, modalities, prediction, probabilities."""
@@ -360,6 +368,9 @@ def score_table(input_csv: str | Path, model_dir: str | Path, output_csv: str | 
             handle.flush()
             os.fsync(handle.fileno())
         statuses += out["status"].tolist()
+    if not output_csv.is_file():  # a table of no rows: the output is its header alone, as for any other run
+        write_text_atomic(output_csv, ",".join(output_columns(scorer)) + "\n")
+        log.warning("%s has no rows to score", input_csv)
     seconds = time.perf_counter() - start
     summary = {"rows_in_shard": len(mine), "written_now": len(todo), "already_done": len(mine) - len(todo),
                "ok": sum(s == "ok" for s in statuses), "not_ok": sum(s != "ok" for s in statuses),

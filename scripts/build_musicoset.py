@@ -14,12 +14,14 @@ import json
 import sys
 from pathlib import Path
 
-from data.labels import LABEL_SETS
 from acquire.musicoset import build_musicoset_items
+from data.labels import LABEL_SETS
 from data.musicoset import GENRE_MAP, load_genre_map
 from data.root import resolve_data_root
+from engine.cli import report_user_errors
 
 
+@report_user_errors
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-root", default=None, help="folder holding musicoset/ (default: $GENREFUSION_DATA or ../shared/datasets)")

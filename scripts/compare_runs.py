@@ -11,11 +11,13 @@ import argparse
 import sys
 from pathlib import Path
 
+from engine.cli import report_user_errors
 from engine.io import write_json
 from engine.predictions import read_predictions
 from engine.report import evaluate_predictions, mcnemar, paired_accuracy_difference
 
 
+@report_user_errors
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", type=Path, nargs="+")

@@ -19,8 +19,10 @@ from pathlib import Path
 import pandas as pd
 
 from acquire.crawl import KINDS, CrawlSettings, crawl
+from engine.cli import report_user_errors
 
 
+@report_user_errors
 def main(argv: list[str] | None = None) -> int:
     defaults = CrawlSettings()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -9,10 +9,12 @@ import sys
 from pathlib import Path
 
 from covers.evaluate import evaluate_cover_model
-from engine.report import format_classification_report
+from engine.cli import report_user_errors
 from engine.inference import BEST_CHECKPOINT
+from engine.report import format_classification_report
 
 
+@report_user_errors
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", type=Path, help="run folder holding checkpoint.pt, or the checkpoint")

@@ -14,12 +14,14 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from engine.cli import report_user_errors
 from engine.config import register_configs
 
 register_configs()
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+@report_user_errors
 def main(cfg: DictConfig) -> None:
     from acquire.catalogue import fetch_catalogue, has_urls
     from engine.summary import print_results

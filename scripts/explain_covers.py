@@ -16,11 +16,13 @@ from covers.explain import grad_cam, most_typical, save_grid
 from covers.images import load_cover
 from covers.inputs import normalise
 from covers.predict import load_cover_model
+from engine.cli import report_user_errors
 from engine.config import register_configs
 from engine.inference import BEST_CHECKPOINT
 from engine.predictions import read_predictions
 
 
+@report_user_errors
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path)

@@ -15,10 +15,12 @@ import time
 from pathlib import Path
 
 from covers.reproduce import format_table, reproduce
+from engine.cli import report_user_errors
 from engine.io import write_json
 from engine.run import machine_info
 
 
+@report_user_errors
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--labels", nargs="+", default=["paper3", "paper4", "paper5"])

@@ -14,6 +14,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from engine.cli import report_user_errors
 from engine.config import register_configs
 
 register_configs()
@@ -21,6 +22,7 @@ log = logging.getLogger("genrefusion")
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@report_user_errors
 def main(cfg: DictConfig) -> float:
     from audio.train import train_audio
     from covers.train import display_name, train_covers

@@ -14,10 +14,13 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from engine.cli import report_user_errors
+
 log = logging.getLogger("genrefusion")
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="score")
+@report_user_errors
 def main(cfg: DictConfig) -> None:
     from scoring.tracks import parse_shard, score_table
 

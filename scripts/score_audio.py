@@ -12,11 +12,13 @@ import sys
 from pathlib import Path
 
 from audio.predict import load_audio_model
-from scoring.audio_files import find_audio_files, score_audio_files
+from engine.cli import report_user_errors
 from engine.inference import BEST_CHECKPOINT
 from engine.io import atomic_path
+from scoring.audio_files import find_audio_files, score_audio_files
 
 
+@report_user_errors
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", type=Path, help="a run folder holding checkpoint.pt, or the checkpoint itself")

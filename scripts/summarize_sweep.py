@@ -9,9 +9,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from engine.cli import report_user_errors
 from engine.sweep import collect_runs, summarise, to_markdown
 
 
+@report_user_errors
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sweep_dir", type=Path)

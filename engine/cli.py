@@ -1,0 +1,50 @@
+"""Entry points' error handling: a mistake in the input or the config is one readable line, not a traceback."""
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+F = TypeVar("F", bound=Callable[..., Any])
+#: Set to 1 to get the full traceback of a user error too.
+DEBUG_ENV = "GENREFUSION_DEBUG"
+
+
+def _user_error(error: BaseException) -> BaseException | None:
+    """The innermost error in ``error``'s chain that is about the input or the config, if any."""
+    from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, ValidationError
+
+    user_types = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, ConfigKeyError,
+                  MissingMandatoryValue, ValidationError)
+    found, current, seen = None, error, set()
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, user_types):
+            found = current
+        current = current.__cause__ or current.__context__
+    return found
+
+
+def report_user_errors(function: F) -> F:
+    """Run ``function``; an input or config error ends it with ``error: <message>`` and exit status 2.
+
+    The message is the innermost such error's (a missing data root inside a config interpolation
+    reads as the missing data root), with where it was raised. Other exceptions (bugs) keep their
+    traceback; so does everything when ``GENREFUSION_DEBUG=1``.
+    """
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except Exception as error:  # noqa: BLE001 — classified below; anything else is re-raised
+            user = _user_error(error)
+            if user is None or os.environ.get(DEBUG_ENV) == "1":
+                raise
+            frame = traceback.extract_tb(user.__traceback__)[-1] if user.__traceback__ else None
+            where = f" [{os.path.relpath(frame.filename)}:{frame.lineno}]" if frame else ""
+            print(f"error: {user}{where}\n(set {DEBUG_ENV}=1 for the traceback)", file=sys.stderr)
+            sys.exit(2)
+    return wrapper  # type: ignore[return-value]
