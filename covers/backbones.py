@@ -43,6 +43,10 @@ class MapsBackbone(nn.Module):
     def maps(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def layer_groups(self) -> list[list[nn.Parameter]]:
+        """Parameters in groups from the input towards the output (for discriminative learning rates)."""
+        return [list(self.parameters())]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.maps(x).mean(dim=(2, 3))
 
@@ -65,6 +69,10 @@ class CoverClassifier(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(x)
+
+    def layer_groups(self) -> list[list[nn.Parameter]]:
+        """The backbone's groups, input first, then the new head."""
+        return [*self.backbone.layer_groups(), list(self.head.parameters())]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
@@ -114,6 +122,11 @@ class _ResNetFeatures(MapsBackbone):
         x = n.maxpool(n.relu(n.bn1(n.conv1(x))))
         return n.layer4(n.layer3(n.layer2(n.layer1(x))))
 
+    def layer_groups(self) -> list[list[nn.Parameter]]:
+        n = self.net
+        stem = [*n.conv1.parameters(), *n.bn1.parameters()]
+        return [stem, *(list(stage.parameters()) for stage in (n.layer1, n.layer2, n.layer3, n.layer4))]
+
 
 class _EfficientNetLiteFeatures(MapsBackbone):
     def __init__(self, net: nn.Module) -> None:
@@ -123,6 +136,15 @@ class _EfficientNetLiteFeatures(MapsBackbone):
 
     def maps(self, x: torch.Tensor) -> torch.Tensor:
         return self.net.extract_features(x)
+
+    def layer_groups(self) -> list[list[nn.Parameter]]:
+        n = self.net
+        blocks = list(n._blocks)
+        thirds = [blocks[i * len(blocks) // 3:(i + 1) * len(blocks) // 3] for i in range(3)]
+        groups = [[*n._conv_stem.parameters(), *n._bn0.parameters()]]
+        groups += [[p for block in third for p in block.parameters()] for third in thirds]
+        groups.append([*n._conv_head.parameters(), *n._bn1.parameters()])
+        return groups
 
 
 def _efficientnet_lite(variant: int) -> Callable[[bool, str | None], tuple[nn.Module, BackboneInfo]]:

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import Dataset, TensorDataset
+from torchvision.transforms import v2
 
 from covers.backbones import BackboneInfo, CoverClassifier, create_model
 from covers.inputs import backbone_embeddings, decode_covers, normalise
@@ -27,10 +28,17 @@ TORCH_MODES = ("finetune", "frozen")
 
 
 class CoverImages(Dataset):
-    """Decoded covers ``uint8 (n, s, s, 3)`` → normalised tensors, with per-class augmentation when training."""
+    """Decoded covers ``uint8 (n, s, s, 3)`` → normalised tensors, with per-class augmentation when training.
+
+    ``set_size`` (progressive resizing) resizes every image to another side after augmentation.
+    """
 
     def __init__(self, images: np.ndarray, y: np.ndarray, info: BackboneInfo, augment: list | None = None) -> None:
         self.images, self.y, self.info, self.augment = images, y, info, augment
+        self.size: int | None = None
+
+    def set_size(self, size: int) -> None:
+        self.size = None if size == self.images.shape[1] else int(size)
 
     def __len__(self) -> int:
         return len(self.y)
@@ -40,6 +48,8 @@ class CoverImages(Dataset):
         transform = self.augment[self.y[index]] if self.augment else None
         if transform is not None:
             image = transform(image)
+        if self.size is not None:
+            image = v2.functional.resize(image, [self.size, self.size], antialias=True)
         x = normalise(image.permute(1, 2, 0).numpy()[None], self.info)[0]
         return x, int(self.y[index])
 

@@ -57,8 +57,13 @@ def prepare_items(
     missing = sorted(set(labels) - set(items["label"]))
     if missing:
         raise ValueError(f"The data has no items of {missing} (label set {list(labels)}); choose another set")
+    if spec.within_path:
+        outer = pd.read_csv(spec.within_path, dtype=str, keep_default_na=False)
+        inside = set(outer.loc[outer[spec.within_column] == spec.within_part, "item_id"])
+        items = items[items["item_id"].isin(inside)].reset_index(drop=True)
     split = load_or_make_split(items, spec, split_path, list(labels))
-    items = items.merge(split[["item_id", "split"]], on="item_id", how="inner")
+    parts = split[["item_id", spec.column]].rename(columns={spec.column: "split"})
+    items = items.merge(parts, on="item_id", how="inner")
     items["y"] = items["label"].map({label: i for i, label in enumerate(labels)})
     log.info("%d items, %d dropped outside the label set, %d duplicate copies, %d ambiguous; split %s (%s)",
              len(items), counts["out_of_set"], counts["duplicate_copies"], counts["ambiguous_label"],

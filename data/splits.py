@@ -13,7 +13,7 @@ from engine.io import atomic_path, write_json
 
 log = logging.getLogger(__name__)
 
-PROTOCOLS = ("group", "random", "predefined")
+PROTOCOLS = ("group", "random", "predefined", "kfold")
 SPLIT_NAMES = ("train", "val", "test")
 
 
@@ -25,6 +25,9 @@ class SplitSpec:
     straddle train/val/test. ``random``: the reference paper's plain stratified split, ignoring
     groups. ``predefined``: an external item → split table (GTZAN fault-filtered), joined on
     ``predefined_key``. ``test_fraction`` is of all items; ``val_fraction`` of what remains.
+    ``kfold``: ``folds`` stratified group folds; a run uses fold ``fold`` as its test part and a
+    group fold of the rest (``val_fraction``) for validation, so every item is tested exactly once
+    over the folds.
     """
 
     protocol: str = "group"
@@ -33,6 +36,13 @@ class SplitSpec:
     val_fraction: float = 0.1
     predefined_path: str | None = None
     predefined_key: str = "clip_id"
+    folds: int = 5
+    fold: int | None = None
+    #: Split only the items that another saved split puts in ``within_part`` of ``within_column``
+    #: (the inner folds of cross-fitting, over the training part of the run's split).
+    within_path: str | None = None
+    within_column: str = "split"
+    within_part: str = "train"
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:
@@ -43,6 +53,19 @@ class SplitSpec:
             value = getattr(self, name)
             if not 0 < value < 1:
                 raise ValueError(f"{name} must be in (0, 1), got {value}")
+        if self.protocol == "kfold" and self.folds < 2:
+            raise ValueError(f"split.folds must be at least 2, got {self.folds}")
+        if self.fold is not None and not 0 <= self.fold < self.folds:
+            raise ValueError(f"split.fold must be in 0…{self.folds - 1}, got {self.fold}")
+
+    @property
+    def column(self) -> str:
+        """The column of the saved split table that holds this run's train/val/test parts."""
+        if self.protocol != "kfold":
+            return "split"
+        if self.fold is None:
+            raise ValueError("split=kfold runs fold by fold: set split.fold (scripts/run.py does, for every fold)")
+        return f"split_{self.fold}"
 
 
 def _group_fold(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -57,6 +80,25 @@ def _group_fold(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: i
     mask = np.zeros(len(labels), dtype=bool)
     mask[held] = True
     return mask
+
+
+def _kfold(base: pd.DataFrame, spec: SplitSpec) -> pd.DataFrame:
+    """``fold`` (the fold an item is tested in) and, per fold f, ``split_f`` (train/val/test of that run)."""
+    labels, groups = base["label"].to_numpy(), base["group"].to_numpy()
+    n_groups = len(np.unique(groups))
+    if n_groups < spec.folds:
+        raise ValueError(f"{n_groups} group(s) are too few for {spec.folds} folds: use fewer folds or more data")
+    folds = StratifiedGroupKFold(n_splits=spec.folds, shuffle=True, random_state=spec.seed)
+    fold_of = np.empty(len(base), dtype=int)
+    for fold, (_, tested) in enumerate(folds.split(np.zeros(len(base)), labels, groups)):
+        fold_of[tested] = fold
+    base["fold"] = fold_of
+    for fold in range(spec.folds):
+        rest = np.flatnonzero(fold_of != fold)
+        val = np.zeros(len(base), dtype=bool)
+        val[rest[_group_fold(labels[rest], groups[rest], spec.val_fraction, spec.seed + 1 + fold)]] = True
+        base[f"split_{fold}"] = np.where(fold_of == fold, "test", np.where(val, "val", "train"))
+    return base
 
 
 def make_split(items: pd.DataFrame, spec: SplitSpec) -> pd.DataFrame:
@@ -78,6 +120,8 @@ def make_split(items: pd.DataFrame, spec: SplitSpec) -> pd.DataFrame:
         if missing.any():
             log.info("predefined split: %d items not listed, left out", int(missing.sum()))
         return base[~missing].reset_index(drop=True)
+    if spec.protocol == "kfold":
+        return _kfold(base, spec)
     if spec.protocol == "group":
         test = _group_fold(labels, groups, spec.test_fraction, spec.seed)
         rest = np.flatnonzero(~test)
@@ -97,10 +141,15 @@ def make_split(items: pd.DataFrame, spec: SplitSpec) -> pd.DataFrame:
     return base
 
 
-def straddling_groups(split: pd.DataFrame) -> list[str]:
-    """Groups whose items fall in more than one split part (empty for a leak-free split)."""
-    per_group = split.groupby("group")["split"].nunique()
+def straddling_groups(split: pd.DataFrame, column: str = "split") -> list[str]:
+    """Groups whose items fall in more than one part of ``column`` (empty for a leak-free split)."""
+    per_group = split.groupby("group")[column].nunique()
     return sorted(per_group.index[per_group > 1])
+
+
+def split_columns(split: pd.DataFrame) -> list[str]:
+    """The part columns of a saved split table: ``split``, or ``fold`` and ``split_0``… for k folds."""
+    return [c for c in split.columns if c == "split" or c == "fold" or c.startswith("split_")]
 
 
 def split_counts(split: pd.DataFrame) -> pd.DataFrame:
@@ -133,16 +182,18 @@ def load_or_make_split(items: pd.DataFrame, spec: SplitSpec, path: str | Path, l
         return split
     split = make_split(items, spec)
     if spec.protocol != "random":
-        leaks = straddling_groups(split)
-        if leaks:
-            raise AssertionError(f"group split leaks {len(leaks)} groups, e.g. {leaks[:3]}")
+        for column in split_columns(split):
+            leaks = straddling_groups(split, column)
+            if leaks:
+                raise AssertionError(f"group split leaks {len(leaks)} groups in {column}, e.g. {leaks[:3]}")
     with atomic_path(path) as temporary:
         split.to_csv(temporary, index=False)
+    first = "split" if "split" in split.columns else "split_0"
     meta = {
-        **asdict(spec),
+        **{k: v for k, v in asdict(spec).items() if k != "fold"},
         "label_set": list(label_set),
-        "counts": split_counts(split).to_dict(orient="index"),
-        "straddling_groups": len(straddling_groups(split)),
+        "counts": split_counts(split.rename(columns={first: "split"})).to_dict(orient="index"),
+        "straddling_groups": len(straddling_groups(split, first)),
     }
     write_json(meta_path, meta)
     log.info("saved split %s", path)

@@ -107,22 +107,43 @@ def branch_split(cfg: DictConfig, branch: DictConfig) -> DictConfig:
     return branch.get("split") or cfg.split
 
 
-def prepare_from_config(cfg: DictConfig, branch: DictConfig, run_dir: Path) -> PreparedData:
-    """Load ``branch.data.loader``, apply ``cfg.labels``, load/make the branch's split, record load problems.
+def _split_file(cfg: DictConfig, data_cfg: DictConfig, spec: SplitSpec) -> Path:
+    """``<splits_dir>/<data name>-<label set>-<protocol>-s<seed>.csv`` (one file per data, label set and protocol)."""
+    name = f"{data_cfg.name}-{cfg.labels.name}-{spec.protocol}-s{spec.seed}"
+    if spec.protocol == "predefined":
+        name = f"{data_cfg.name}-{cfg.labels.name}-{Path(spec.predefined_path).name}"
+    elif spec.protocol == "kfold":
+        name = f"{data_cfg.name}-{cfg.labels.name}-kfold{spec.folds}-s{spec.seed}"
+    return Path(cfg.paths.splits_dir) / f"{name}.csv"
 
-    The split is saved as ``<splits_dir>/<data name>-<label set>-<protocol>-s<seed>.csv``, so every
-    branch (and fusion) given the same data, label set and protocol shares one split.
+
+def branch_split_spec(cfg: DictConfig, branch: DictConfig) -> tuple[SplitSpec, Path]:
+    """The branch's split and where it is saved.
+
+    Inside cross-fitting (``cfg.inner_fold``: ``{fold, folds}``, set by scripts/run.py) it is the
+    k-fold split of the training part of the branch's own split, saved beside it.
+    """
+    data_cfg = branch_data(cfg, branch)
+    spec = split_spec(branch_split(cfg, branch))
+    path = _split_file(cfg, data_cfg, spec)
+    inner = cfg.get("inner_fold")
+    if inner:
+        spec = SplitSpec(protocol="kfold", seed=spec.seed, val_fraction=spec.val_fraction, folds=int(inner.folds),
+                         fold=int(inner.fold), within_path=str(path), within_column=spec.column, within_part="train")
+        path = path.with_name(f"{path.stem}-{spec.within_column}-train-kfold{spec.folds}.csv")
+    return spec, path
+
+
+def prepare_from_config(cfg: DictConfig, branch: DictConfig, run_dir: Path) -> PreparedData:
+    """Load the branch's data, apply ``cfg.labels``, load/make the branch's split, record load problems.
+
+    Every branch (and fusion) given the same data, label set and protocol shares one saved split.
     """
     data_cfg = branch_data(cfg, branch)
     loaded = instantiate(data_cfg.loader)
-    spec = split_spec(branch_split(cfg, branch))
-    split_name = f"{data_cfg.name}-{cfg.labels.name}-{spec.protocol}-s{spec.seed}"
-    if spec.protocol == "predefined":
-        split_name = f"{data_cfg.name}-{cfg.labels.name}-{Path(spec.predefined_path).name}"
-    prepared = prepare_items(
-        loaded, list(cfg.labels.classes), spec, Path(cfg.paths.splits_dir) / f"{split_name}.csv",
-        aliases=dict(cfg.labels.aliases), dedupe_on=data_cfg.get("dedupe_on"),
-    )
+    spec, path = branch_split_spec(cfg, branch)
+    prepared = prepare_items(loaded, list(cfg.labels.classes), spec, path, aliases=dict(cfg.labels.aliases),
+                             dedupe_on=data_cfg.get("dedupe_on"))
     prepared.name = data_cfg.name
     run_dir.mkdir(parents=True, exist_ok=True)
     if len(loaded.problems):

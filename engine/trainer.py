@@ -47,6 +47,14 @@ class TrainerConfig:
     amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
     num_workers: int = 0
     progress: bool = True
+    #: fastai's fine-tuning habits (a model that has ``layer_groups()``, input first, head last):
+    #: train only the last group (the new head) for the first ``freeze_epochs`` epochs, then all;
+    freeze_epochs: int = 0
+    #: discriminative learning rates: the head gets ``lr``, each group nearer the input
+    #: ``lr_decay`` times its successor's (1: one rate for all);
+    lr_decay: float = 1.0
+    #: progressive resizing: ``[[size, epochs], …]``; datasets with ``set_size`` are resized per epoch.
+    resize_schedule: Sequence[Sequence[int]] | None = None
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("adamw", "sgd"):
@@ -57,6 +65,22 @@ class TrainerConfig:
             raise ValueError("trainer.max_epochs, patience and batch_size must be ≥ 1")
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"trainer.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.freeze_epochs < 0 or not 0 < self.lr_decay <= 1:
+            raise ValueError("trainer.freeze_epochs must be ≥ 0 and trainer.lr_decay in (0, 1]")
+        if self.resize_schedule is not None:
+            if any(len(step) != 2 or step[0] < 1 or step[1] < 1 for step in self.resize_schedule):
+                raise ValueError(f"trainer.resize_schedule must be [[size, epochs], …], got {self.resize_schedule}")
+
+    def input_size(self, epoch: int) -> int | None:
+        """The input size of ``epoch`` (1-based) under ``resize_schedule`` (the last size after it ends)."""
+        if not self.resize_schedule:
+            return None
+        end = 0
+        for size, epochs in self.resize_schedule:
+            end += epochs
+            if epoch <= end:
+                return int(size)
+        return int(self.resize_schedule[-1][0])
 
 
 @dataclass
@@ -95,7 +119,26 @@ def _loader(dataset: Dataset, config: TrainerConfig, shuffle: bool, epoch: int =
     )
 
 
-def _run_epoch(model, loader, criterion, device, config, optimizer=None, desc="") -> tuple[float, float]:
+@dataclass
+class EpochStats:
+    """One pass over a loader: mean loss and accuracy, and how fast the items came through."""
+
+    loss: float
+    accuracy: float
+    items: int
+    seconds: float
+    data_wait_seconds: float  # time spent waiting for the loader's next batch
+
+    @property
+    def items_per_s(self) -> float:
+        return self.items / self.seconds if self.seconds else 0.0
+
+    @property
+    def data_wait_share(self) -> float:
+        return self.data_wait_seconds / self.seconds if self.seconds else 0.0
+
+
+def _run_epoch(model, loader, criterion, device, config, optimizer=None, desc="") -> EpochStats:
     """One pass; the loss is the (class-weighted) mean over the whole epoch.
 
     ``criterion`` sums over a batch; each batch is normalised by its total target weight, as
@@ -105,9 +148,16 @@ def _run_epoch(model, loader, criterion, device, config, optimizer=None, desc=""
     training = optimizer is not None
     model.train(training)
     total_loss, total_weight, correct, seen = 0.0, 0.0, 0, 0
-    batches = tqdm(loader, desc=desc, leave=False, disable=not config.progress)
+    batches = iter(tqdm(loader, desc=desc, leave=False, disable=not config.progress))
+    started, waited = time.perf_counter(), 0.0
     with torch.set_grad_enabled(training):
-        for inputs, targets in batches:
+        while True:
+            tic = time.perf_counter()
+            try:
+                inputs, targets = next(batches)
+            except StopIteration:
+                break
+            waited += time.perf_counter() - tic
             inputs, targets = to_device(inputs, device), targets.to(device)
             with autocast(device, config.amp):
                 logits = model(inputs)
@@ -123,14 +173,40 @@ def _run_epoch(model, loader, criterion, device, config, optimizer=None, desc=""
             total_weight += weight
             correct += (logits.argmax(1) == targets).sum().item()
             seen += len(targets)
-    return total_loss / max(total_weight, 1e-12), correct / max(seen, 1)
+    return EpochStats(total_loss / max(total_weight, 1e-12), correct / max(seen, 1), seen,
+                      time.perf_counter() - started, waited)
+
+
+def _layer_groups(model: nn.Module, config: TrainerConfig) -> list[list[nn.Parameter]]:
+    """The model's layer groups when the recipe uses them, else one group of every parameter."""
+    uses_groups = config.lr_decay != 1.0 or config.freeze_epochs > 0
+    if uses_groups and not hasattr(model, "layer_groups"):
+        raise ValueError("trainer.lr_decay / freeze_epochs need a model with layer_groups() (the cover models)")
+    return model.layer_groups() if uses_groups else [[p for p in model.parameters() if p.requires_grad]]
 
 
 def _build_optimizer(model: nn.Module, config: TrainerConfig) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
+    groups = _layer_groups(model, config)
+    params = [{"params": group, "lr": config.lr * config.lr_decay ** (len(groups) - 1 - i)}
+              for i, group in enumerate(groups)] if len(groups) > 1 else groups[0]
     if config.optimizer == "sgd":
         return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def _set_epoch(model: nn.Module, datasets: Sequence[Dataset], config: TrainerConfig, epoch: int) -> None:
+    """Freeze all but the head during ``freeze_epochs``; resize datasets to the epoch's input size."""
+    if config.freeze_epochs:
+        groups = model.layer_groups()
+        for group in groups[:-1]:
+            for parameter in group:
+                parameter.requires_grad_(epoch > config.freeze_epochs)
+    size = config.input_size(epoch)
+    if size is not None:
+        for dataset in datasets:
+            if not hasattr(dataset, "set_size"):
+                raise ValueError("trainer.resize_schedule needs datasets with set_size() (the cover images)")
+            dataset.set_size(size)
 
 
 def fit(
@@ -185,11 +261,12 @@ def fit(
         if stopped_early:
             break
         tic = time.perf_counter()
-        lr = optimizer.param_groups[0]["lr"]
-        train_loss, train_acc = _run_epoch(model, _loader(train_set, config, True, epoch), criterion, device,
-                                           config, optimizer, desc=f"train {epoch}")
-        val_loss, val_acc = _run_epoch(model, _loader(val_set, config, False), criterion, device, config,
-                                       desc=f"val {epoch}")
+        _set_epoch(model, (train_set, val_set), config, epoch)
+        lr = optimizer.param_groups[-1]["lr"]
+        train = _run_epoch(model, _loader(train_set, config, True, epoch), criterion, device, config, optimizer,
+                           desc=f"train {epoch}")
+        val = _run_epoch(model, _loader(val_set, config, False), criterion, device, config, desc=f"val {epoch}")
+        train_loss, train_acc, val_loss, val_acc = train.loss, train.accuracy, val.loss, val.accuracy
         if scheduler is not None:
             scheduler.step()
         improved = val_loss < state["best_val_loss"]
@@ -203,7 +280,8 @@ def fit(
         state["epoch"] = epoch
         state["history"].append({"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
                                  "val_loss": val_loss, "val_acc": val_acc, "lr": lr,
-                                 "seconds": time.perf_counter() - tic})
+                                 "seconds": time.perf_counter() - tic, "train_items_per_s": train.items_per_s,
+                                 "train_data_wait_share": train.data_wait_share})
         with atomic_path(run_dir / "history.csv") as temporary:
             pd.DataFrame(state["history"]).to_csv(temporary, index=False)
         stopped_early = state["bad_epochs"] >= config.patience
@@ -214,6 +292,9 @@ def fit(
         epochs.set_postfix(train_loss=f"{train_loss:.3f}", val_loss=f"{val_loss:.3f}", val_acc=f"{val_acc:.3f}")
         if stop_after_epoch is not None and epoch >= stop_after_epoch:
             break
+    if config.freeze_epochs:
+        for parameter in model.parameters():
+            parameter.requires_grad_(True)
     model.load_state_dict(best_state)
     return FitResult(
         best_epoch=state["best_epoch"], best_val_loss=state["best_val_loss"], epochs_run=state["epoch"],

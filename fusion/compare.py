@@ -14,13 +14,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
-from engine.io import write_json, write_text_atomic
-from engine.predictions import present
+from engine.io import atomic_path, write_json, write_text_atomic
+from engine.predictions import present, probability_columns
 from engine.report import (evaluate_predictions, format_classification_report, headline, mcnemar,
                            paired_accuracy_difference, plot_confusions)
 from engine.run import write_model_card
 from engine.summary import results_table
+from fusion.calibration import expected_calibration_error, log_loss, plot_reliability
 
 log = logging.getLogger(__name__)
 
@@ -32,20 +34,27 @@ def majority_name(label: str) -> str:
 def compare_modalities(run_dir: str | Path, y: np.ndarray, p_cover: np.ndarray, p_audio: np.ndarray,
                        fused: np.ndarray, labels: Sequence[str], pairing: str, fused_name: str,
                        names: tuple[str, str] = ("image-only", "audio-only"), groups: Sequence[str] | None = None,
-                       seed: int = 0, context: dict[str, Any] | None = None,
-                       notes: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
+                       seed: int = 0, context: dict[str, Any] | None = None, notes: Sequence[str] = (),
+                       item_ids: Sequence[str] | None = None,
+                       extra_rows: dict[str, np.ndarray] | None = None) -> dict[str, dict[str, Any]]:
     """Compare the branches and the fused model on the items (rows) that have both modalities.
 
     ``y`` and the ``(n, k)`` probabilities are of every item to report on (e.g. every test item);
     single-modality items are counted and scored by their branch in ``all_items_fused_or_single``.
     A one-branch model (every row of the other modality NaN) gets the majority class and that
-    branch. The last row (fused, or the one branch) is tested against each other row.
-    Writes ``metrics_pairing-<mode>.json``, ``comparison_pairing-<mode>.md``, ``report.txt`` and
-    ``confusions_pairing-<mode>.png`` into ``run_dir``. Returns the printed rows (metrics dicts,
+    branch. ``extra_rows`` (other fused probabilities of the same items, e.g. another head) come
+    before the fused row. The last row (fused, or the one branch) is tested against each other row.
+    Each probabilistic row also gets its log-loss and expected calibration error, and
+    ``reliability_pairing-<mode>.png`` draws their reliability diagrams.
+    Writes ``metrics_pairing-<mode>.json``, ``comparison_pairing-<mode>.md``, ``report.txt``,
+    ``confusions_pairing-<mode>.png`` and ``comparison_items.csv`` (every item's three probability
+    vectors, what pooling k folds reads) into ``run_dir``. Returns the printed rows (metrics dicts,
     each with ``pairing``): the majority class first, the fused model last.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    write_comparison_items(run_dir, item_ids, groups, y, {names[0]: p_cover, names[1]: p_audio, **(extra_rows or {}),
+                                                           fused_name: fused}, labels)
     has_cover, has_audio = present(p_cover), present(p_audio)
     # A one-branch model (no cover or no audio model at all) is compared with the majority class alone.
     branches = [(name, p, has) for name, p, has in zip(names, (p_cover, p_audio), (has_cover, has_audio)) if has.any()]
@@ -56,12 +65,18 @@ def compare_modalities(run_dir: str | Path, y: np.ndarray, p_cover: np.ndarray, 
     groups_both = None if groups is None else np.asarray(groups, dtype=str)[both]
     majority = int(np.bincount(y_both, minlength=len(labels)).argmax())
     tag = f"pairing: {pairing}"
-    predictions = {majority_name(labels[majority]): np.full(len(y_both), majority),
-                   **{name: p[both].argmax(1) for name, p, _ in branches}}
+    probabilities = {name: p[both] for name, p, _ in branches}
     if len(branches) == 2:
-        predictions[fused_name] = fused[both].argmax(1)
+        probabilities.update({name: p[both] for name, p in (extra_rows or {}).items()})
+        probabilities[fused_name] = fused[both]
+    predictions = {majority_name(labels[majority]): np.full(len(y_both), majority),
+                   **{name: p.argmax(1) for name, p in probabilities.items()}}
     rows = {f"{name} · {tag}": evaluate_predictions(y_both, pred, labels, seed=seed, groups=groups_both)
             for name, pred in predictions.items()}
+    for name, proba in probabilities.items():
+        rows[f"{name} · {tag}"].update(log_loss=log_loss(proba, y_both), ece=expected_calibration_error(proba, y_both))
+    plot_reliability([(name, proba, y_both) for name, proba in probabilities.items()],
+                     run_dir / f"reliability_pairing-{pairing}.png")
     last_name, last_pred = list(predictions.items())[-1]
     tests = {name: {"mcnemar": mcnemar(y_both, last_pred, pred),
                     "last_minus_other": paired_accuracy_difference(y_both, last_pred, pred, seed=seed,
@@ -81,6 +96,9 @@ def compare_modalities(run_dir: str | Path, y: np.ndarray, p_cover: np.ndarray, 
              f"Same {int(both.sum())} items in every row. Items by modality: {modalities}; all "
              f"{all_items['n']} items with a modality (single-modality ones scored by their branch): "
              f"accuracy {all_items['accuracy']:.3f}.", ""]
+    lines += ["Calibration (same items): " + "; ".join(f"{name}: log-loss {rows[f'{name} · {tag}']['log_loss']:.3f}, "
+                                                     f"ECE {rows[f'{name} · {tag}']['ece']:.3f}"
+                                                     for name in probabilities), ""]
     if groups_both is not None:
         lines.append(f"Intervals resampling the {rows[next(iter(rows))]['n_groups']} album/artist groups instead of "
                      "items (tracks of one group are not independent):")
@@ -105,3 +123,28 @@ def compare_modalities(run_dir: str | Path, y: np.ndarray, p_cover: np.ndarray, 
     for metrics in rows.values():
         metrics["pairing"] = pairing
     return rows
+
+
+COMPARISON_ITEMS = "comparison_items.csv"
+SEPARATOR = " | "
+
+
+def write_comparison_items(run_dir: Path, item_ids: Sequence[str] | None, groups: Sequence[str] | None,
+                           y: np.ndarray, probabilities: dict[str, np.ndarray], labels: Sequence[str]) -> None:
+    """``comparison_items.csv``: each compared item's id, group, true class and every row's probabilities
+    (columns ``<row name> | p_<class>``, rows in printed order)."""
+    table = pd.DataFrame({"item_id": list(item_ids) if item_ids is not None else range(len(y)),
+                          "group": list(groups) if groups is not None else "", "y": np.asarray(y)})
+    for name, proba in probabilities.items():
+        table[[f"{name}{SEPARATOR}{c}" for c in probability_columns(labels)]] = proba
+    with atomic_path(run_dir / COMPARISON_ITEMS) as temporary:
+        table.to_csv(temporary, index=False)
+
+
+def read_comparison_items(run_dir: Path, labels: Sequence[str]) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """What :func:`write_comparison_items` wrote: the item table and ``{row name: (n, k) probabilities}``."""
+    table = pd.read_csv(Path(run_dir) / COMPARISON_ITEMS, dtype={"item_id": str, "group": str},
+                        keep_default_na=False)
+    names = list(dict.fromkeys(c.split(SEPARATOR)[0] for c in table.columns if SEPARATOR in c))
+    return table, {name: table[[f"{name}{SEPARATOR}{c}" for c in probability_columns(labels)]].replace("", np.nan)
+                   .to_numpy(dtype=float) for name in names}

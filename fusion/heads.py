@@ -50,7 +50,8 @@ def both_present(X: np.ndarray) -> np.ndarray:
 
 
 class FusionHead(ClassifierMixin, BaseEstimator):
-    """What every head shares: the single-modality fallback, ``classes_`` and plain-array state.
+    """What every head shares: the single-modality fallback, ``classes_``, plain-array state, and optional
+    per-branch temperatures applied to its inputs before anything else (see :meth:`with_temperatures`).
 
     A subclass implements ``_fit(p_cover, p_audio, y)`` and ``_combine(p_cover, p_audio)`` on rows
     that have both modalities, and lists its fitted attributes in ``_state``.
@@ -58,8 +59,22 @@ class FusionHead(ClassifierMixin, BaseEstimator):
 
     _state: tuple[str, ...] = ()
 
-    def fit(self, X: np.ndarray, y: np.ndarray) -> "FusionHead":
+    def with_temperatures(self, cover: float, audio: float) -> "FusionHead":
+        """Scale each branch's log-probabilities by ``1/T`` (temperature scaling) in ``fit`` and ``predict_proba``."""
+        self.temperatures_ = np.array([cover, audio], dtype=float)
+        return self
+
+    def _calibrated(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        from fusion.calibration import TemperatureScaling
+
         p_cover, p_audio = split_inputs(X)
+        temperatures = getattr(self, "temperatures_", None)
+        if temperatures is None:
+            return p_cover, p_audio
+        return TemperatureScaling.scale(p_cover, temperatures[0]), TemperatureScaling.scale(p_audio, temperatures[1])
+
+    def fit(self, X: np.ndarray, y: np.ndarray) -> "FusionHead":
+        p_cover, p_audio = self._calibrated(X)
         both = present(p_cover) & present(p_audio)
         if both.sum() == 0:
             raise ValueError("fusion needs items with both modalities to fit on")
@@ -70,7 +85,7 @@ class FusionHead(ClassifierMixin, BaseEstimator):
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         check_is_fitted(self, "classes_")
-        p_cover, p_audio = split_inputs(X)
+        p_cover, p_audio = self._calibrated(X)
         out = np.where(np.isnan(p_cover), p_audio, p_cover)  # single modality: the branch it has
         both = present(p_cover) & present(p_audio)
         if both.any():
@@ -85,10 +100,11 @@ class FusionHead(ClassifierMixin, BaseEstimator):
     def get_state(self) -> dict[str, Any]:
         """Fitted attributes as JSON-ready lists (see :func:`head_from_state`)."""
         check_is_fitted(self, "classes_")
-        return {name: _lists(getattr(self, name)) for name in ("classes_", "n_features_in_", *self._state)}
+        names = ("classes_", "n_features_in_", *self._state, *(("temperatures_",) if hasattr(self, "temperatures_") else ()))
+        return {name: _lists(getattr(self, name)) for name in names}
 
     def set_state(self, state: dict[str, Any]) -> "FusionHead":
-        for name in ("classes_", "n_features_in_", *self._state):
+        for name in ("classes_", "n_features_in_", *self._state, *(("temperatures_",) if "temperatures_" in state else ())):
             value = state[name]
             if name.endswith("classes_"):
                 value = np.asarray(value, dtype=int)

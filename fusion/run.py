@@ -11,8 +11,9 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from engine.predictions import probability_columns, read_predictions, write_predictions
+from fusion.calibration import TemperatureScaling
 from fusion.compare import compare_modalities
-from fusion.heads import FUSION_HEAD, both_present, create_fusion_head, fusion_inputs, save_fusion_head
+from fusion.heads import FUSION_HEAD, both_present, create_fusion_head, fusion_inputs, save_fusion_head, split_inputs
 from fusion.pairing import modality_counts, real_pairs, synthetic_pairs
 
 log = logging.getLogger(__name__)
@@ -41,9 +42,45 @@ def make_pairs(covers: pd.DataFrame, audio: pd.DataFrame, mode: str, seed: int) 
     raise ValueError(f"fusion.pairing must be auto, real or synthetic; got {mode!r}")
 
 
+def _branch_probabilities(pairs: pd.DataFrame, covers: pd.DataFrame, audio: pd.DataFrame,
+                          labels: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    return (_probabilities(pairs, "cover_item_id", covers, labels),
+            _probabilities(pairs, "audio_item_id", audio, labels))
+
+
+def out_of_fold_inputs(fold_dirs: list[tuple[Path, Path]], mode: str, seed: int,
+                       labels: list[str]) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+    """The branches' out-of-fold predictions of the training items, as a fusion input ``(X, y, pairs)``.
+
+    ``fold_dirs`` are the (covers, audio) run folders of the inner folds over the training items;
+    each predicted its held-out inner fold (its ``test`` part), so every training item appears once.
+    """
+    def tested(folder: Path) -> pd.DataFrame:
+        table, fold_labels = read_predictions(folder)
+        if fold_labels != labels:
+            raise ValueError(f"{folder} was trained on {fold_labels}, not {labels}")
+        return table[table["split"] == "test"]
+
+    covers = pd.concat([tested(c) for c, _ in fold_dirs], ignore_index=True)
+    audio = pd.concat([tested(a) for _, a in fold_dirs], ignore_index=True)
+    for name, table in (("covers", covers), ("audio", audio)):
+        if table["item_id"].duplicated().any():
+            raise ValueError(f"the inner folds' {name} predictions overlap: an item was held out twice")
+    pairs, _ = make_pairs(covers, audio, mode, seed)
+    p_cover, p_audio = _branch_probabilities(pairs, covers, audio, labels)
+    return fusion_inputs(p_cover, p_audio), pairs["y"].to_numpy(), pairs
+
+
 def run_fusion(cfg: DictConfig, run_dir: Path, covers_dir: Path, audio_dir: Path,
-               names: tuple[str, str] = ("image-only", "audio-only")) -> dict[str, dict[str, Any]]:
-    """Fit the fusion head on validation items, compare on test items with both modalities.
+               names: tuple[str, str] = ("image-only", "audio-only"),
+               crossfit_dirs: list[tuple[Path, Path]] | None = None) -> dict[str, dict[str, Any]]:
+    """Fit the fusion head, compare on test items with both modalities.
+
+    The head is fitted on the validation items, or (``crossfit_dirs``, ``fusion.fit_on=crossfit``)
+    on the branches' out-of-fold predictions of the training items, as scikit-learn's stacking
+    does; then the validation-fitted head is reported beside it on the same test items. With
+    ``fusion.calibrate=temperature`` each branch's probabilities are temperature-scaled (fitted on
+    the same items as the head) before the head. The test items never shape either.
 
     Writes into ``run_dir``: the fitted head (``fusion_head.json``, used by batch scoring),
     ``pairs_pairing-<mode>.csv``, ``predictions.csv`` (fused, every val/test item) and the
@@ -60,27 +97,48 @@ def run_fusion(cfg: DictConfig, run_dir: Path, covers_dir: Path, audio_dir: Path
     seed = int(cfg.seed)
     pairs, pairing = make_pairs(covers, audio, cfg.fusion.pairing, seed)
     pairs.to_csv(run_dir / f"pairs_pairing-{pairing}.csv", index=False)
-    p_cover = _probabilities(pairs, "cover_item_id", covers, labels)
-    p_audio = _probabilities(pairs, "audio_item_id", audio, labels)
+    p_cover, p_audio = _branch_probabilities(pairs, covers, audio, labels)
     y = pairs["y"].to_numpy()
     x = fusion_inputs(p_cover, p_audio)
-    has_both = both_present(x)
-    fit_rows = (pairs["split"] == "val").to_numpy()
+    val_rows = (pairs["split"] == "val").to_numpy()
     test_rows = (pairs["split"] == "test").to_numpy()
     method = cfg.fusion.method
-    head = create_fusion_head(method, random_state=seed, weight=cfg.fusion.get("weight"))
-    head.fit(x[fit_rows], y[fit_rows])  # never sees a test item
-    save_fusion_head(run_dir / FUSION_HEAD, method, head, labels=labels, pairing=pairing)
+    fit_on = cfg.fusion.get("fit_on", "validation")
+    if fit_on not in ("validation", "crossfit"):
+        raise ValueError(f"fusion.fit_on must be validation or crossfit, got {fit_on!r}")
+    if fit_on == "crossfit" and not crossfit_dirs:
+        raise ValueError("fusion.fit_on=crossfit needs the inner folds' branch outputs (scripts/run.py makes them)")
+
+    def fitted(x_fit: np.ndarray, y_fit: np.ndarray):  # never sees a test item
+        head = create_fusion_head(method, random_state=seed, weight=cfg.fusion.get("weight"))
+        if cfg.fusion.get("calibrate", "none") == "temperature":
+            head.with_temperatures(*(TemperatureScaling().fit(part, y_fit).temperature_ for part in split_inputs(x_fit)))
+        elif cfg.fusion.get("calibrate", "none") != "none":
+            raise ValueError(f"fusion.calibrate must be none or temperature, got {cfg.fusion.calibrate!r}")
+        return head.fit(x_fit, y_fit)
+
+    validation_head = fitted(x[val_rows], y[val_rows])
+    head, fit_items = validation_head, int(both_present(x[val_rows]).sum())
+    extra_rows = {}
+    if fit_on == "crossfit":
+        x_oof, y_oof, _ = out_of_fold_inputs(crossfit_dirs, cfg.fusion.pairing, seed, labels)
+        head, fit_items = fitted(x_oof, y_oof), int(both_present(x_oof).sum())
+        extra_rows[f"fused ({method}, validation-fitted)"] = validation_head.predict_proba(x[test_rows])
+    save_fusion_head(run_dir / FUSION_HEAD, method, head, labels=labels, pairing=pairing, fit_on=fit_on)
     fused = head.predict_proba(x)
     write_predictions(run_dir / "predictions.csv", pairs, fused, labels)
 
-    context = {"method": method, "fitted_on": "validation items with both modalities",
-               "fit_items": int((fit_rows & has_both).sum()), "head": {"weight": getattr(head, "weight_", None)},
-               "validation_modalities": modality_counts(pairs[fit_rows]),
+    fitted_on = ("validation items with both modalities" if fit_on == "validation"
+                 else f"out-of-fold predictions of the {len(crossfit_dirs)} inner folds' training items")
+    context = {"method": method, "fitted_on": fitted_on, "fit_items": fit_items,
+               "head": {"weight": getattr(head, "weight_", None),
+                        "temperatures": getattr(head, "temperatures_", np.array([])).tolist() or None},
+               "validation_modalities": modality_counts(pairs[val_rows]),
                "branches": {"covers": str(covers_dir), "audio": str(audio_dir)}}
     groups = pairs["group"].to_numpy()[test_rows] if pairing == "real" else None
-    rows = compare_modalities(run_dir, y[test_rows], p_cover[test_rows], p_audio[test_rows], fused[test_rows], labels,
-                              pairing, f"fused ({method})", names=names, groups=groups, seed=seed, context=context,
-                              notes=[f"Fusion head fitted on {context['fit_items']} validation items; the rows are "
-                                     "the test items."])
-    return rows
+    suffix = ", cross-fitted" if fit_on == "crossfit" else ""
+    return compare_modalities(run_dir, y[test_rows], p_cover[test_rows], p_audio[test_rows], fused[test_rows], labels,
+                              pairing, f"fused ({method}{suffix})", names=names, groups=groups, seed=seed,
+                              context=context, item_ids=pairs["fused_id"].to_numpy()[test_rows],
+                              extra_rows=extra_rows,
+                              notes=[f"Fusion head fitted on {fit_items} {fitted_on}; the rows are the test items."])

@@ -54,7 +54,7 @@ def evaluate_tracks(model_dir: str | Path, loaded: LoadResult, out_dir: str | Pa
     fused_name = f"fused ({scorer.fusion_method})" if scorer.fusion_head is not None else "fused (one branch)"
     return compare_modalities(
         out_dir, y, scores.p_cover, scores.p_audio, scores.fused, labels, "real", fused_name,
-        groups=items["group"].to_numpy(), seed=seed,
+        groups=items["group"].to_numpy(), seed=seed, item_ids=items["item_id"].to_numpy(),
         context={"model_dir": str(Path(model_dir).resolve()), "label_filter": counts, "problems": len(problems),
                  **(context or {})},
         notes=["Scored by a model trained on other data: no track here was seen in training or fitting.",

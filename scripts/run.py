@@ -12,7 +12,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
 from engine.cli import report_user_errors
 from engine.config import register_configs
@@ -24,8 +24,6 @@ log = logging.getLogger("genrefusion")
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 @report_user_errors
 def main(cfg: DictConfig) -> float:
-    from audio.train import train_audio
-    from covers.train import display_name, train_covers
     from engine.summary import print_results
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -41,6 +39,19 @@ def main(cfg: DictConfig) -> float:
 
         if has_urls(cfg.data.catalogue):
             cfg.data.loader.path = str(fetch_catalogue(cfg.data.catalogue, cfg.paths.download_dir))
+    if cfg.split.protocol == "kfold" and cfg.split.fold is None:
+        rows = run_folds(cfg, run_dir)
+    else:
+        rows = run_once(cfg, run_dir)
+    print_results(rows, run_dir, figures=sorted(run_dir.glob("**/confusion*.png"))[:6])
+    return list(rows.values())[-1]["accuracy"]  # the fused row when fusion ran (multirun objective)
+
+
+def run_once(cfg: DictConfig, run_dir: Path) -> dict:
+    """The branches the config asks for, then fusion; returns the rows to print."""
+    from audio.train import train_audio
+    from covers.train import display_name, train_covers
+
     rows = {}
     if "audio" in cfg.branches:
         rows[f"audio-only ({cfg.audio.name})"] = train_audio(cfg, run_dir / "audio")
@@ -49,10 +60,54 @@ def main(cfg: DictConfig) -> float:
     if "fusion" in cfg.branches:
         from fusion.run import run_fusion
 
-        names = (f"image-only ({display_name(cfg.covers)})", f"audio-only ({cfg.audio.name})")
-        rows = run_fusion(cfg, run_dir / "fusion", run_dir / "covers", run_dir / "audio", names=names)
-    print_results(rows, run_dir, figures=sorted(run_dir.glob("*/confusion*.png")))
-    return list(rows.values())[-1]["accuracy"]  # the fused row when fusion ran (multirun objective)
+        crossfit = _crossfit(cfg, run_dir / "crossfit") if cfg.fusion.fit_on == "crossfit" else None
+        rows = run_fusion(cfg, run_dir / "fusion", run_dir / "covers", run_dir / "audio", names=_names(cfg),
+                          crossfit_dirs=crossfit)
+    return rows
+
+
+def _crossfit(cfg: DictConfig, folder: Path) -> list[tuple[Path, Path]]:
+    """Both branches trained once per inner fold of the training items (each predicting its held-out fold),
+    for the fusion head to be fitted on their out-of-fold predictions."""
+    from audio.train import train_audio
+    from covers.train import train_covers
+
+    dirs = []
+    for fold in range(cfg.fusion.crossfit_folds):
+        inner = folder / f"fold-{fold}"
+        with open_dict(cfg):
+            cfg.inner_fold = {"fold": fold, "folds": cfg.fusion.crossfit_folds}
+        try:
+            train_audio(cfg, inner / "audio")
+            train_covers(cfg, inner / "covers")
+        finally:
+            with open_dict(cfg):
+                del cfg["inner_fold"]
+        dirs.append((inner / "covers", inner / "audio"))
+    return dirs
+
+
+def run_folds(cfg: DictConfig, run_dir: Path) -> dict:
+    """Every fold of ``split=kfold`` in ``fold-<k>/``, then each fold's rows and the pooled out-of-fold rows."""
+    from fusion.folds import pool_folds
+
+    fold_rows = []
+    for fold in range(cfg.split.folds):
+        cfg.split.fold = fold
+        fold_rows.append(run_once(cfg, run_dir / f"fold-{fold}"))
+    cfg.split.fold = None
+    if "fusion" not in cfg.branches:
+        return {f"{name} · fold {k}": m for k, rows in enumerate(fold_rows) for name, m in rows.items()}
+    labels = list(cfg.labels.classes)
+    pairing = next(iter(fold_rows[0].values()))["pairing"]
+    return pool_folds(run_dir, [run_dir / f"fold-{k}" / "fusion" for k in range(cfg.split.folds)], fold_rows,
+                      labels, pairing, seed=int(cfg.seed))
+
+
+def _names(cfg: DictConfig) -> tuple[str, str]:
+    from covers.train import display_name
+
+    return f"image-only ({display_name(cfg.covers)})", f"audio-only ({cfg.audio.name})"
 
 
 if __name__ == "__main__":

@@ -9,6 +9,10 @@ from engine.inference import load_checkpoint, predict_proba
 from engine.trainer import TrainerConfig, balanced_class_weights, fit, seed_everything
 
 
+#: history.csv columns that measure time (they differ between identical runs).
+TIMINGS = ["seconds", "train_items_per_s", "train_data_wait_share"]
+
+
 def _blobs(n=300, seed=0):
     rng = np.random.default_rng(seed)
     y = rng.integers(0, 3, n)
@@ -40,6 +44,7 @@ def test_tiny_model_learns_and_writes_run_files(tmp_path):
     assert after > 0.9 and after > before + 0.2
     history = pd.read_csv(tmp_path / "history.csv")
     assert len(history) == result.epochs_run and history["val_loss"].min() == pytest.approx(result.best_val_loss)
+    assert (history["train_items_per_s"] > 0).all() and history["train_data_wait_share"].between(0, 1).all()
     record = load_checkpoint(tmp_path / "checkpoint.pt")
     assert record["labels"] == ["a", "b", "c"] and record["epoch"] == result.best_epoch
 
@@ -49,7 +54,7 @@ def test_same_seed_same_metrics(tmp_path):
     for name in ("a", "b"):
         model = _model(seed=3)
         fit(model, _blobs(), _blobs(seed=1), _config(optimizer="sgd", lr=0.1), tmp_path / name)
-        runs.append(pd.read_csv(tmp_path / name / "history.csv").drop(columns="seconds"))
+        runs.append(pd.read_csv(tmp_path / name / "history.csv").drop(columns=TIMINGS))
     pd.testing.assert_frame_equal(runs[0], runs[1])
 
 
@@ -64,8 +69,8 @@ def test_resume_continues_where_it_stopped(tmp_path):
     resumed = _model(seed=99)  # fresh weights: everything must come from last.pt
     result = fit(resumed, _blobs(), _blobs(seed=1), config, tmp_path / "cut")
     assert result.epochs_run == 6
-    a = pd.read_csv(tmp_path / "whole" / "history.csv").drop(columns="seconds")
-    b = pd.read_csv(tmp_path / "cut" / "history.csv").drop(columns="seconds")
+    a = pd.read_csv(tmp_path / "whole" / "history.csv").drop(columns=TIMINGS)
+    b = pd.read_csv(tmp_path / "cut" / "history.csv").drop(columns=TIMINGS)
     pd.testing.assert_frame_equal(a, b)
     for p, q in zip(whole.state_dict().values(), resumed.state_dict().values()):
         assert torch.equal(p, q)
@@ -122,3 +127,41 @@ def test_class_absent_from_training_does_not_break_validation(tmp_path):
     config = TrainerConfig(lr=0.01, max_epochs=2, batch_size=8, progress=False, class_weights=weights)
     result = fit(nn.Linear(4, 3), train, val, config, tmp_path)
     assert np.isfinite(result.history["val_loss"]).all() and np.isfinite(result.history["train_loss"]).all()
+
+
+def test_fastai_recipe_freezes_then_trains_every_group_with_discriminative_rates_and_resizes(tmp_path):
+    """freeze_epochs: only the head moves in epoch 1; lr_decay: rates fall towards the input;
+    resize_schedule: the images are resized per epoch."""
+    from covers.backbones import create_model
+    from covers.predict import CoverImages
+
+    seed_everything(0)
+    model = create_model("small_cnn", 3, pretrained=False)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (24, 32, 32, 3), dtype=np.uint8)
+    y = np.arange(24) % 3
+    seen_sizes = []
+
+    class Recording(CoverImages):
+        def set_size(self, size):
+            seen_sizes.append(size)
+            super().set_size(size)
+
+    train, val = Recording(images, y, model.info), Recording(images[:6], y[:6], model.info)
+    config = _config(lr=0.01, max_epochs=3, patience=5, freeze_epochs=1, lr_decay=0.5,
+                     resize_schedule=[[16, 1], [32, 2]])
+    start = {name: p.detach().clone() for name, p in model.named_parameters()}
+    fit(model, train, val, config.__class__(**{**config.__dict__, "max_epochs": 1}), tmp_path / "one")
+    moved = {name for name, p in model.named_parameters() if not torch.equal(p, start[name])}
+    assert moved and all(name.startswith("head") for name in moved)
+    assert seen_sizes[:2] == [16, 16]  # train and validation resized in epoch 1
+    model = create_model("small_cnn", 3, pretrained=False)
+    start = {name: p.detach().clone() for name, p in model.named_parameters()}
+    fit(model, train, val, config, tmp_path / "three")
+    assert any(not torch.equal(p, start[n]) for n, p in model.named_parameters() if n.startswith("backbone"))
+    assert seen_sizes[2:] == [16, 16, 32, 32, 32, 32]
+    assert all(p.requires_grad for p in model.parameters())
+    from engine.trainer import _build_optimizer
+
+    rates = [group["lr"] for group in _build_optimizer(model, config).param_groups]
+    assert rates == pytest.approx([0.005, 0.01])

@@ -1,0 +1,61 @@
+"""k-fold cross-validation summary: each fold's comparison, mean ± std over folds, and the pooled
+out-of-fold predictions (every item tested once) with one interval."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from engine.io import write_json, write_text_atomic
+from engine.report import HEADLINE
+from fusion.compare import compare_modalities, read_comparison_items
+
+
+def pool_folds(run_dir: str | Path, fold_dirs: Sequence[Path], fold_rows: Sequence[dict[str, dict[str, Any]]],
+               labels: Sequence[str], pairing: str, seed: int = 0) -> dict[str, dict[str, Any]]:
+    """Write ``folds.md`` / ``folds.json`` (every fold's rows, mean ± std) and the pooled comparison in
+    ``pooled/``; returns the pooled rows. Row names must be the same in every fold, apart from the
+    majority class's, which is the one constant each fold's test items favour."""
+    run_dir = Path(run_dir)
+    tables, probabilities = zip(*(read_comparison_items(d, labels) for d in fold_dirs))
+    items = pd.concat(tables, ignore_index=True)
+    if items["item_id"].duplicated().any() and pairing == "real":
+        raise ValueError("an item was tested in two folds: the folds overlap")
+    stacked = {name: np.concatenate([p[name] for p in probabilities]) for name in probabilities[0]}
+    names = list(stacked)  # image-only, audio-only, any other fused rows, the fused row
+    pooled = compare_modalities(run_dir / "pooled", items["y"].to_numpy(), stacked[names[0]], stacked[names[1]],
+                                stacked[names[-1]], labels, pairing, names[-1], names=(names[0], names[1]),
+                                extra_rows={name: stacked[name] for name in names[2:-1]},
+                                groups=items["group"].to_numpy() if pairing == "real" else None, seed=seed,
+                                item_ids=items["item_id"].to_numpy(),
+                                context={"folds": len(fold_dirs), "pooled": "out-of-fold test items of every fold"},
+                                notes=[f"Pooled over {len(fold_dirs)} folds: every item was tested once, by the "
+                                       "models of the fold that held it out."])
+    per_fold = [{_kind(name): m for name, m in rows.items()} for rows in fold_rows]
+    summary = {kind: {metric: {"mean": float(np.mean([f[kind][metric] for f in per_fold])),
+                               "std": float(np.std([f[kind][metric] for f in per_fold], ddof=1)),
+                               "folds": [f[kind][metric] for f in per_fold]} for metric in HEADLINE}
+               for kind in per_fold[0]}
+    write_json(run_dir / "folds.json", {"folds": len(fold_dirs), "per_fold_mean_std": summary,
+                                        "pooled": {name: {k: m[k] for k in ("n", *HEADLINE, "ci95")}
+                                                   for name, m in pooled.items()}})
+    lines = [f"# {len(fold_dirs)}-fold cross-validation ({pairing} pairing)", "",
+             "| row | " + " | ".join(f"fold {i}" for i in range(len(fold_dirs))) + " | mean ± std (accuracy) |",
+             "|---|" + "---|" * (len(fold_dirs) + 1)]
+    for kind, values in summary.items():
+        accuracy = values["accuracy"]
+        lines.append(f"| {kind} | " + " | ".join(f"{a:.3f}" for a in accuracy["folds"])
+                     + f" | {accuracy['mean']:.3f} ± {accuracy['std']:.3f} |")
+    lines += ["", "Pooled out-of-fold predictions (each item once): see pooled/comparison_pairing-"
+              f"{pairing}.md"]
+    write_text_atomic(run_dir / "folds.md", "\n".join(lines) + "\n")
+    return pooled
+
+
+def _kind(row_name: str) -> str:
+    """A row's name without the class the majority row names (it can differ between folds) and the pairing."""
+    name = row_name.split(" · ")[0]
+    return "majority class" if name.startswith("majority class") else name

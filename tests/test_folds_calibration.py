@@ -1,0 +1,130 @@
+"""k-fold cross-validation, cross-fitted fusion and calibration."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from omegaconf import OmegaConf
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_expected_calibration_error_equals_a_hand_computation(tmp_path):
+    from fusion.calibration import expected_calibration_error, plot_reliability
+
+    # Confidences 0.9, 0.8 (bin 9 with 10 bins is (0.8, 0.9]: 0.9 only; 0.8 falls in (0.7, 0.8]), 0.6, 0.55.
+    proba = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.45, 0.55]])
+    y = np.array([0, 0, 0, 1])  # right, wrong, right, right
+    # bins: 0.9 → |1 − 0.9| · 1/4; 0.8 → |0 − 0.8| · 1/4; 0.6 → |1 − 0.6| · 1/4; 0.55 → |1 − 0.55| · 1/4
+    expected = (0.1 + 0.8 + 0.4 + 0.45) / 4
+    assert expected_calibration_error(proba, y, n_bins=10) == pytest.approx(expected)
+    # Two items sharing a bin: |mean accuracy − mean confidence| weighted by the bin's share.
+    shared = np.array([[0.62, 0.38], [0.68, 0.32]])
+    assert expected_calibration_error(shared, np.array([0, 1]), n_bins=10) == pytest.approx(abs(0.5 - 0.65))
+    path = plot_reliability([("a", proba, y), ("b", shared, np.array([0, 1]))], tmp_path / "r.png")
+    assert path.stat().st_size > 5000
+
+
+def test_temperature_scaling_keeps_the_argmax_and_fixes_overconfidence():
+    from fusion.calibration import TemperatureScaling, expected_calibration_error, log_loss
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 2000)
+    logits = rng.normal(size=(2000, 3))
+    logits[np.arange(2000), y] += 1.0
+    honest = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    overconfident = np.exp(4 * logits) / np.exp(4 * logits).sum(1, keepdims=True)
+    scaler = TemperatureScaling().fit(overconfident[:1000], y[:1000])
+    assert 3.0 < scaler.temperature_ < 5.0
+    fixed = scaler.transform(overconfident[1000:])
+    assert (fixed.argmax(1) == overconfident[1000:].argmax(1)).all()
+    assert log_loss(fixed, y[1000:]) < log_loss(overconfident[1000:], y[1000:])
+    assert expected_calibration_error(fixed, y[1000:]) < 0.5 * expected_calibration_error(overconfident[1000:], y[1000:])
+    assert np.allclose(fixed, honest[1000:], atol=0.05)
+
+
+def test_kfold_split_tests_every_item_once_and_no_group_straddles(covers_loaded):
+    from data.labels import apply_label_set
+    from data.splits import SplitSpec, make_split
+
+    items, _ = apply_label_set(covers_loaded.items[covers_loaded.items["source"] == "spotify"],
+                               ["rap", "country", "jazz"])
+    split = make_split(items, SplitSpec(protocol="kfold", folds=5, seed=3, val_fraction=0.15))
+    for fold in range(5):
+        assert set(split.loc[split["fold"] == fold, f"split_{fold}"]) == {"test"}
+        assert (split.loc[split["fold"] != fold, f"split_{fold}"] != "test").all()
+    # The raw key (the Spotify artist) never straddles the folds, nor the parts of any fold.
+    keyed = split.merge(items[["item_id", "artist_id"]], on="item_id")
+    assert keyed.groupby("artist_id")["fold"].nunique().max() == 1
+    for fold in range(5):
+        assert keyed.groupby("artist_id")[f"split_{fold}"].nunique().max() == 1
+    assert split["fold"].value_counts().min() > 0.1 * len(split)
+
+
+@pytest.fixture(scope="module")
+def kfold_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("kfold")
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "run.py"), f"paths.root_dir={folder}", "trainer.progress=false",
+         "data=spotify_albums", "audio=descriptor_mlp", "labels=rap_country", "split=kfold", "split.folds=3",
+         "fusion.fit_on=crossfit", "fusion.crossfit_folds=3", "audio.trainer.max_epochs=20"],
+        capture_output=True, text=True, timeout=900, cwd=folder)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return Path(result.stdout.strip().splitlines()[-1].split("Run folder: ")[1]), result.stdout
+
+
+def test_kfold_run_predicts_every_track_out_of_fold_exactly_once(kfold_run):
+    run_dir, stdout = kfold_run
+    assert "fused (weighted, cross-fitted) · pairing: real" in stdout
+    assert "fused (weighted, validation-fitted) · pairing: real" in stdout
+    folds = json.loads((run_dir / "folds.json").read_text())
+    assert folds["folds"] == 3 and (run_dir / "folds.md").is_file()
+    assert len(folds["per_fold_mean_std"]["audio-only (descriptor_mlp)"]["accuracy"]["folds"]) == 3
+    pooled = pd.read_csv(run_dir / "pooled" / "comparison_items.csv", dtype={"item_id": str})
+    assert pooled["item_id"].is_unique
+    split_file = json.loads((run_dir / "fold-0" / "covers" / "metrics.json").read_text())["split_file"]
+    split = pd.read_csv(split_file, dtype={"item_id": str})
+    assert set(pooled["item_id"]) == set(split["item_id"])  # every labelled track, once
+    per_fold = [set(pd.read_csv(run_dir / f"fold-{k}" / "fusion" / "comparison_items.csv", dtype={"item_id": str})
+                    ["item_id"]) for k in range(3)]
+    assert [len(s) for s in per_fold] == [int((split["fold"] == k).sum()) for k in range(3)]
+    for k, tested in enumerate(per_fold):
+        assert tested == set(split.loc[split["fold"] == k, "item_id"])
+    # Cross-fitting: the inner folds split the outer fold's training tracks only, each held out once.
+    for k in range(3):
+        outer_train = set(split.loc[split[f"split_{k}"] == "train", "item_id"])
+        inner = [pd.read_csv(run_dir / f"fold-{k}" / "crossfit" / f"fold-{j}" / "audio" / "predictions.csv",
+                             dtype={"item_id": str}) for j in range(3)]
+        held = pd.concat([t[t["split"] == "test"] for t in inner])["item_id"]
+        assert held.is_unique and set(held) == outer_train
+
+
+def test_the_cross_fitted_head_never_sees_the_test_items(kfold_run, tmp_path):
+    """Scramble every test probability of both branches: the cross-fitted head stays the same."""
+    from fusion.heads import FUSION_HEAD
+    from fusion.run import run_fusion
+
+    run_dir, _ = kfold_run
+    fold = run_dir / "fold-0"
+    crossfit = [(fold / "crossfit" / f"fold-{j}" / "covers", fold / "crossfit" / f"fold-{j}" / "audio") for j in range(3)]
+    cfg = OmegaConf.create({"seed": 42, "fusion": {"method": "logreg", "pairing": "auto", "weight": None,
+                                                   "fit_on": "crossfit", "calibrate": "temperature"}})
+    run_fusion(cfg, tmp_path / "first", fold / "covers", fold / "audio", crossfit_dirs=crossfit)
+    rng = np.random.default_rng(7)
+    for branch in ("covers", "audio"):
+        (tmp_path / branch).mkdir()
+        table = pd.read_csv(fold / branch / "predictions.csv", dtype={"item_id": str})
+        test = table["split"] == "test"
+        columns = [c for c in table.columns if c.startswith("p_")]
+        table.loc[test, columns] = rng.dirichlet(np.ones(len(columns)), test.sum())
+        table.to_csv(tmp_path / branch / "predictions.csv", index=False)
+    run_fusion(cfg, tmp_path / "second", tmp_path / "covers", tmp_path / "audio", crossfit_dirs=crossfit)
+    first, second = (json.loads((tmp_path / d / FUSION_HEAD).read_text()) for d in ("first", "second"))
+    assert first["state"] == second["state"] and first["fit_on"] == "crossfit"
+    assert first["state"]["temperatures_"] != [1.0, 1.0]
+    assert (tmp_path / "first" / "reliability_pairing-real.png").stat().st_size > 5000
