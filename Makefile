@@ -20,8 +20,10 @@ weights: $(WEIGHTS)
 $(WEIGHTS): | $(STAMP)
 	$(PY) -m acquire.musicnn_weights
 
+# The main job: real pairs, 5 folds (conf/experiment/real_pairs.yaml). MAIN= runs the synthetic demo instead.
+MAIN ?= experiment=real_pairs
 run: $(STAMP) $(WEIGHTS)
-	$(PY) scripts/run.py $(ARGS)
+	$(PY) scripts/run.py $(MAIN) $(ARGS)
 
 # Fusion methods × 3 seeds (Hydra multirun), then one summary table (mean ± std over seeds).
 ablation: $(STAMP) $(WEIGHTS)

@@ -57,9 +57,13 @@ class HybridNet(nn.Module):
             nn.Linear(cnn.embed_dim + mlp.embed_dim, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, n_classes)
         )
 
-    def forward(self, inputs: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    def embed(self, inputs: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """The joint dense layer's output (after ReLU/dropout), the layer before the classifier."""
         mel, features = inputs
-        return self.head(torch.cat([self.cnn.embed(mel), self.mlp.embed(features)], dim=1))
+        return self.head[:-1](torch.cat([self.cnn.embed(mel), self.mlp.embed(features)], dim=1))
+
+    def forward(self, inputs: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        return self.head[-1](self.embed(inputs))
 
 
 @dataclass(frozen=True)

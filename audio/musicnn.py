@@ -209,6 +209,10 @@ class TagGenres(nn.Module):
                              "(or use another label set) to classify zero-shot")
         self.register_buffer("mapping", mapping / mapping.sum(0))
 
+    def embed(self, tags: torch.Tensor) -> torch.Tensor:
+        """The tag probabilities themselves (what the zero-shot genres are read from)."""
+        return tags
+
     def forward(self, tags: torch.Tensor) -> torch.Tensor:
         scores = tags @ self.mapping
         return torch.log(scores / scores.sum(1, keepdim=True).clamp_min(1e-12) + 1e-12)

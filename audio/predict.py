@@ -22,7 +22,7 @@ from audio.mel import MelParams
 from audio.models import build_audio_model
 from data.gtzan import FEATURE_COLUMNS, segment_items
 from data.items import problems_frame
-from engine.inference import load_checkpoint, mean_by_group, predict_proba
+from engine.inference import load_checkpoint, mean_by_group, predict_outputs, predict_proba
 
 
 @dataclass
@@ -203,3 +203,25 @@ def predict_audio(model: AudioModel, clips: pd.DataFrame, cache_dir: str | Path 
                .groupby("item_id", sort=False)["reason"].first())
     problems = reasons[~reasons.index.isin(set(scored["item_id"]))].reset_index()
     return scored, proba, problems
+
+
+class _Embedder(nn.Module):
+    """A model's ``embed`` as a module (the layer before its classifier)."""
+
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, inputs):
+        return self.network.embed(inputs)
+
+
+def audio_embeddings(model: AudioModel, inputs: AudioInputs, device: str = "auto") -> tuple[pd.DataFrame, np.ndarray]:
+    """Each clip's penultimate-layer vector (a segment model: the mean over its windows): ``(clip rows, vectors)``."""
+    vectors = predict_outputs(_Embedder(model.network), inputs.dataset(model.kinds), device=device)
+    if not model.segments:
+        return inputs.items, vectors
+    y = inputs.items["y"] if "y" in inputs.items else np.zeros(len(inputs.items), dtype=int)
+    clips, _, clip_vectors = mean_by_group(inputs.items["clip_item_id"], y, vectors)
+    rows = inputs.items.drop_duplicates("clip_item_id").set_index("clip_item_id").loc[clips].reset_index()
+    return rows.assign(item_id=rows["clip_item_id"]), clip_vectors

@@ -38,9 +38,19 @@ class BackboneInfo:
 
 
 class MapsBackbone(nn.Module):
-    """A backbone as two steps: ``maps(x)`` (last convolutional feature maps) and their spatial mean."""
+    """A backbone as two steps: ``maps(x)`` (last convolutional feature maps) and their spatial mean.
+
+    ``maps`` passes its result through ``map_output`` (an identity module), the layer Grad-CAM hooks.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.map_output = nn.Identity()
 
     def maps(self, x: torch.Tensor) -> torch.Tensor:
+        return self.map_output(self._maps(x))
+
+    def _maps(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
     def layer_groups(self) -> list[list[nn.Parameter]]:
@@ -117,7 +127,7 @@ class _ResNetFeatures(MapsBackbone):
         net.fc = nn.Identity()
         self.net = net
 
-    def maps(self, x: torch.Tensor) -> torch.Tensor:
+    def _maps(self, x: torch.Tensor) -> torch.Tensor:
         n = self.net
         x = n.maxpool(n.relu(n.bn1(n.conv1(x))))
         return n.layer4(n.layer3(n.layer2(n.layer1(x))))
@@ -134,7 +144,7 @@ class _EfficientNetLiteFeatures(MapsBackbone):
         net._fc = nn.Identity()
         self.net = net
 
-    def maps(self, x: torch.Tensor) -> torch.Tensor:
+    def _maps(self, x: torch.Tensor) -> torch.Tensor:
         return self.net.extract_features(x)
 
     def layer_groups(self) -> list[list[nn.Parameter]]:
@@ -191,7 +201,7 @@ class SmallCNN(MapsBackbone):
         self.net = nn.Sequential(*layers)
         self.embed_dim = width
 
-    def maps(self, x: torch.Tensor) -> torch.Tensor:
+    def _maps(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
 

@@ -21,7 +21,7 @@ from torchvision.transforms import v2
 from covers.backbones import BackboneInfo, CoverClassifier, create_model
 from covers.inputs import backbone_embeddings, decode_covers, normalise
 from data.items import LoadResult
-from engine.inference import load_checkpoint, predict_proba
+from engine.inference import load_checkpoint, predict_outputs, predict_proba
 
 #: Modes whose checkpoint a predict path can load (the others are scikit-learn baselines).
 TORCH_MODES = ("finetune", "frozen")
@@ -114,3 +114,12 @@ def predict_covers(model: CoverModel, items: pd.DataFrame, cache_dir: str | Path
     """Covers of ``items`` → ``(kept items with the problems of the rest, probabilities of the kept)``."""
     kept, x = cover_inputs(model, items, cache_dir, device, progress)
     return kept, predict_cover_inputs(model, x, device)
+
+
+def cover_embeddings(model: CoverModel, x: np.ndarray, device: str = "auto") -> np.ndarray:
+    """The backbone's pooled features ``(n, embed_dim)`` from :func:`cover_inputs`' arrays: a frozen model's
+    inputs already are (the cached embeddings); a fine-tuned model's backbone computes them from the covers."""
+    if model.mode == "frozen" or len(x) == 0:
+        return np.asarray(x, dtype=np.float32)
+    return predict_outputs(model.network.backbone, CoverImages(x, np.zeros(len(x), dtype=np.int64), model.info),
+                           device=device)

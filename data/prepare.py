@@ -26,8 +26,10 @@ class PreparedData:
     spec: SplitSpec
     counts: dict[str, Any] = field(default_factory=dict)
     problems: pd.DataFrame | None = None
-    #: The data's name (its config's ``name``), for titles and model cards.
+    #: The data's name (its config's ``name``) and loader (``_target_`` + arguments), for titles, model
+    #: cards and anything that reloads the same items later (scripts/explain.py).
     name: str = ""
+    loader: dict[str, Any] = field(default_factory=dict)
 
     def part(self, name: str) -> pd.DataFrame:
         return self.items[self.items["split"] == name]
@@ -35,10 +37,12 @@ class PreparedData:
     def describe(self) -> dict[str, Any]:
         """JSON-ready account of the data for metrics and model cards."""
         return {
-            "labels": self.labels, "split_file": str(self.split_path), "protocol": self.spec.protocol,
+            "labels": self.labels, "split_file": str(self.split_path), "split_column": self.spec.column,
+            "protocol": self.spec.protocol,
             "split_seed": self.spec.seed, "label_filter": self.counts,
             "load_problems": 0 if self.problems is None else len(self.problems),
             "split_counts": split_counts(self.items).to_dict(orient="index"),
+            "data_loader": self.loader,
         }
 
 

@@ -6,10 +6,11 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from data.labels import LABEL_SETS
+from data.labels import LABEL_SETS, apply_label_set
 from data.prepare import PreparedData, prepare_items
 from data.root import resolve_data_root
 from data.splits import SplitSpec
@@ -124,6 +125,7 @@ def branch_split_spec(cfg: DictConfig, branch: DictConfig) -> tuple[SplitSpec, P
     k-fold split of the training part of the branch's own split, saved beside it.
     """
     data_cfg = branch_data(cfg, branch)
+    split_spec(cfg.split)  # the run's own split is checked even where a branch has its own
     spec = split_spec(branch_split(cfg, branch))
     path = _split_file(cfg, data_cfg, spec)
     inner = cfg.get("inner_fold")
@@ -145,7 +147,20 @@ def prepare_from_config(cfg: DictConfig, branch: DictConfig, run_dir: Path) -> P
     prepared = prepare_items(loaded, list(cfg.labels.classes), spec, path, aliases=dict(cfg.labels.aliases),
                              dedupe_on=data_cfg.get("dedupe_on"))
     prepared.name = data_cfg.name
+    prepared.loader = OmegaConf.to_container(data_cfg.loader, resolve=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     if len(loaded.problems):
         loaded.problems.to_csv(run_dir / "load_problems.csv", index=False)
     return prepared
+
+
+def run_items(record: dict[str, Any]) -> pd.DataFrame:
+    """A trained run's items with their split part and class index, reloaded as the run loaded them
+    (the loader and split its checkpoint's model card records)."""
+    card = record["card"]
+    loaded = instantiate(card["data_loader"])
+    items, _ = apply_label_set(loaded.items, record["labels"], aliases=record.get("aliases"))
+    split = pd.read_csv(card["split_file"], dtype=str, keep_default_na=False)
+    parts = split[["item_id", card["split_column"]]].rename(columns={card["split_column"]: "split"})
+    items = items.merge(parts, on="item_id", how="inner")
+    return items.assign(y=items["label"].map({label: i for i, label in enumerate(record["labels"])}))

@@ -65,6 +65,16 @@ def predict_proba(model: nn.Module, dataset: Dataset, batch_size: int = 256, dev
     return np.concatenate(chunks) if chunks else np.zeros((0, 0))
 
 
+@torch.no_grad()
+def predict_outputs(module: nn.Module, dataset: Dataset, batch_size: int = 256, device: str = "auto") -> np.ndarray:
+    """``module``'s raw outputs ``(n_items, …)`` float32 in dataset order (e.g. embeddings)."""
+    device_ = resolve_device(device)
+    module.to(device_).eval()
+    chunks = [module(to_device(inputs, device_)).float().cpu().numpy()
+              for inputs, _ in DataLoader(dataset, batch_size=batch_size, shuffle=False)]
+    return np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
+
+
 def plain(value: Any) -> Any:
     """``value`` as tensors and plain Python data only (what ``torch.load(weights_only=True)`` accepts)."""
     if isinstance(value, torch.Tensor):

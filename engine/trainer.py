@@ -55,6 +55,9 @@ class TrainerConfig:
     lr_decay: float = 1.0
     #: progressive resizing: ``[[size, epochs], …]``; datasets with ``set_size`` are resized per epoch.
     resize_schedule: Sequence[Sequence[int]] | None = None
+    #: End this call after that epoch (the run continues from ``last.pt`` when called again with the same
+    #: run folder, e.g. ``hydra.run.dir``): training in slices on a shared machine.
+    stop_after_epoch: int | None = None
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("adamw", "sgd"):
@@ -209,6 +212,11 @@ def _set_epoch(model: nn.Module, datasets: Sequence[Dataset], config: TrainerCon
             dataset.set_size(size)
 
 
+def _resumable(config: dict[str, Any]) -> dict[str, Any]:
+    """The settings a resumed run must share with the interrupted one (all but where to stop)."""
+    return {key: value for key, value in config.items() if key != "stop_after_epoch"}
+
+
 def fit(
     model: nn.Module,
     train_set: Dataset,
@@ -217,14 +225,13 @@ def fit(
     run_dir: str | Path,
     metadata: dict[str, Any] | None = None,
     resume: bool = True,
-    stop_after_epoch: int | None = None,
 ) -> FitResult:
     """Train ``model`` with early stopping on validation loss; the best weights end up in ``model``.
 
     Writes into ``run_dir``: ``history.csv`` (one row per epoch), ``checkpoint.pt`` (best
     state dict + ``metadata`` such as the label list and config) and ``last.pt`` (everything
     needed to resume). With ``resume=True`` and a ``last.pt`` present, training continues from
-    it. ``stop_after_epoch`` ends the run after that epoch as an interruption would (tests).
+    it (the config must be the same but for ``stop_after_epoch``).
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -242,7 +249,7 @@ def fit(
     resume_path = run_dir / RESUME_CHECKPOINT
     if resume and resume_path.is_file():
         saved = read_checkpoint(resume_path)
-        if saved["config"] != asdict(config):
+        if _resumable(saved["config"]) != _resumable(asdict(config)):
             raise ValueError(f"{resume_path} was written with another trainer config; use a new run folder")
         model.load_state_dict(saved["model_state"])
         optimizer.load_state_dict(saved["optimizer_state"])
@@ -290,7 +297,7 @@ def fit(
                          "best_state": best_state, "loop_state": state, "torch_rng": torch.get_rng_state(),
                          "config": asdict(config)}, resume_path)
         epochs.set_postfix(train_loss=f"{train_loss:.3f}", val_loss=f"{val_loss:.3f}", val_acc=f"{val_acc:.3f}")
-        if stop_after_epoch is not None and epoch >= stop_after_epoch:
+        if config.stop_after_epoch is not None and epoch >= config.stop_after_epoch:
             break
     if config.freeze_epochs:
         for parameter in model.parameters():

@@ -83,3 +83,20 @@ def test_scoring_a_folder_matches_the_training_pipeline(trained_run, tmp_path):
     for label in ("classical", "jazz", "rock"):
         np.testing.assert_allclose(held_out[f"p_{label}"], held_out[f"p_{label}_scored"].astype(float), atol=2e-4)
     assert (held_out["predicted"] == held_out["predicted_scored"]).all()
+    # One file recomputed independently: its ten 3-second windows cut by hand, librosa's log-mel
+    # (not the project's torch front end), the network, the mean of the windows' softmax.
+    import torch
+
+    from audio.io import load_audio
+    from audio.mel import librosa_log_mel
+    from audio.predict import load_audio_model
+    from data.gtzan import SEGMENT_HOP_SAMPLES, SEGMENT_SAMPLES
+
+    model, _ = load_audio_model(audio_run / "checkpoint.pt")
+    row = scores[scores["status"] == "ok"].iloc[0]
+    y = load_audio(row["audio_path"]).y
+    mels = np.stack([librosa_log_mel(y[k * SEGMENT_HOP_SAMPLES:k * SEGMENT_HOP_SAMPLES + SEGMENT_SAMPLES])[:, :128]
+                     for k in range(10)])
+    with torch.no_grad():
+        expected = torch.softmax(model.network(torch.from_numpy(mels)), 1).mean(0).numpy()
+    np.testing.assert_allclose(row[[f"p_{c}" for c in model.labels]].astype(float), expected, atol=1e-3)

@@ -39,16 +39,39 @@ def test_pretrained_lite_weights_are_loaded_not_random():
 
 
 @pytest.mark.parametrize("name", ["efficientnet_lite0", "efficientnet_lite2"])
-def test_lite_embeddings_with_their_normalisation_recognise_photos(name, tmp_path):
-    """Pooled features + the checkpoint's own ImageNet classifier name scikit-image's sample photos."""
+def test_lite_normalisation_is_the_one_the_checkpoint_was_trained_with(name, tmp_path, covers_loaded):
+    """The checkpoint's first batch norm learnt the statistics of its stem's outputs on its training
+    inputs: on real covers, (pixel − 127) / 128 reproduces them; ImageNet's mean/std or no
+    normalisation do not. (Its own classifier also names scikit-image's sample photos.)"""
+    from dataclasses import replace
+
     from skimage import data
 
-    from covers.backbones import _load_state
+    from covers.backbones import IMAGENET_MEAN, IMAGENET_STD, _load_state
     from covers.inputs import normalise
 
     backbone, info = create_backbone(name, pretrained=True)
-    state = _load_state(info.weights)
     backbone.eval()
+    net = backbone.net
+    covers = covers_loaded.items.sample(48, random_state=0)["cover_path"]
+    images = np.stack([load_cover(p, info.input_size) for p in covers])
+
+    def mismatch(normalisation) -> tuple[float, float]:
+        with torch.no_grad():
+            stem = net._conv_stem(normalise(images, normalisation))
+        live = net._bn0.running_var > 1e-4  # a few channels are dead (variance ~0)
+        mean, var = stem.mean((0, 2, 3))[live], stem.var((0, 2, 3))[live]
+        running_mean, running_var = net._bn0.running_mean[live], net._bn0.running_var[live]
+        return (float(((mean - running_mean).abs() / running_var.sqrt()).median()),
+                float((var / running_var).log().abs().median()))
+
+    lite = mismatch(info)
+    for other in (replace(info, mean=IMAGENET_MEAN, std=IMAGENET_STD), replace(info, mean=(0, 0, 0), std=(1, 1, 1))):
+        offset, log_ratio = mismatch(other)
+        assert lite[0] < 0.25 * offset and lite[1] < 0.5 * log_ratio, (lite, offset, log_ratio)
+    assert lite[0] < 0.05 and lite[1] < 0.5
+
+    state = _load_state(info.weights)
     photos = {"chelsea": {281, 282, 285}, "coffee": {967, 968, 504}}  # tabby/tiger/Egyptian cat; espresso/cup/mug
     for photo, classes in photos.items():
         Image.fromarray(getattr(data, photo)()).save(tmp_path / f"{photo}.png")
@@ -266,3 +289,25 @@ def test_reproduction_table_resumes_and_stops_at_once_without_weights(discogs_co
     with pytest.raises(MissingWeightsError, match="weights_path"):
         reproduce(tmp_path / "resnet", ["paper3"], ["group"], "finetune", "resnet50", overrides)
     assert not (tmp_path / "resnet").exists()  # failed before the first row, not after the Random Forest
+
+
+def test_class_specific_augmentation_reaches_only_its_class():
+    """M5: a rap cover is flipped in some draws, a pop cover never (its row of the table is empty)."""
+    from covers.augment import build_class_augment
+    from covers.backbones import BackboneInfo
+    from covers.predict import CoverImages
+
+    image = np.zeros((16, 16, 3), dtype=np.uint8)
+    image[:, 8:] = 255  # black left, white right: a flip shows
+    images = np.stack([image] * 4)
+    y = np.array([0, 1, 1, 0])  # rap, pop, pop, rap (the class, not the position, picks the transform)
+    info = BackboneInfo("test", 16, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), 3, None)
+    dataset = CoverImages(images, y, info, build_class_augment({"rap": ["hflip"]}, ["rap", "pop"], 16))
+    torch.manual_seed(0)
+    flipped = {i: 0 for i in range(4)}
+    for _ in range(40):
+        for i in range(4):
+            x, label = dataset[i]
+            assert label == y[i]
+            flipped[i] += int(x[0, 0, 0] > 0.5)  # the top-left pixel turned white
+    assert flipped[0] > 5 and flipped[3] > 5 and flipped[1] == 0 and flipped[2] == 0

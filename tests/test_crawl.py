@@ -58,6 +58,10 @@ class FakeMusicApi(BaseHTTPRequestHandler):
     faults: dict[str, list[str]] = {}
     requests: Counter = Counter()
     musicbrainz_times: list[float] = []
+    #: The first request for this path waits until ``gate`` is set (the crawl cannot finish before the kill).
+    gate_path = f"/preview/{TRACKS[-1]}.mp3"
+    gate = threading.Event()
+    gate_reached = threading.Event()
     lock = threading.Lock()
 
     def log_message(self, *args) -> None:  # keep pytest output clean
@@ -153,7 +157,9 @@ class FakeMusicApi(BaseHTTPRequestHandler):
                                                      "preview": f"{base}/preview/{track}.mp3"}]
             self._send(200, json.dumps({"data": found, "total": len(found)}).encode())
         elif url.path in self.files:
-            time.sleep(0.2)  # so the first crawl is still running when it is killed
+            if url.path == self.gate_path and not self.gate.is_set():
+                self.gate_reached.set()
+                self.gate.wait(30)  # holds the crawl here until the test has killed it
             content_type = "image/jpeg" if url.path.endswith(".jpg") else "audio/mpeg"
             self._send(200, self.files[url.path], content_type)
         else:
@@ -186,7 +192,9 @@ def server():
     }
     FakeMusicApi.requests = Counter()
     FakeMusicApi.musicbrainz_times = []
+    FakeMusicApi.gate, FakeMusicApi.gate_reached = threading.Event(), threading.Event()
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), FakeMusicApi)
+    httpd.daemon_threads = True
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{httpd.server_port}"
@@ -219,15 +227,13 @@ def test_crawl_survives_faults_and_an_interruption(server, tmp_path):
 
     first = subprocess.Popen(_command(tmp_path / "items.csv", out, server), env=env, cwd=tmp_path,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        status_file = out / "crawl_status.csv"
-        if status_file.is_file() and status_file.read_text().count(",ok,") >= 3:
-            break
-        time.sleep(0.02)
-    assert first.poll() is None, "the first crawl finished before it could be interrupted"
+    # The last preview's first request is held by the server, so the crawl is killed while it waits
+    # there (every cover and most previews done), never after it has finished.
+    assert FakeMusicApi.gate_reached.wait(90), "the first crawl never reached its last preview"
+    assert first.poll() is None
     first.send_signal(signal.SIGKILL)
     logs.append(first.communicate()[0])
+    FakeMusicApi.gate.set()
     done_first = {key for key, row in _latest(out).iterrows() if row["status"] == "ok"}
     assert len(done_first) >= 3
     files_first = {p: Path(row["path"]).read_bytes() for p, row in _latest(out).iterrows() if row["status"] == "ok"}

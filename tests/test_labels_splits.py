@@ -83,3 +83,25 @@ def test_bad_split_config():
         SplitSpec(protocol="stratified")
     with pytest.raises(ValueError, match="test_fraction"):
         SplitSpec(test_fraction=1.5)
+
+
+@pytest.mark.parametrize("label_set,seed", [("paper3", 42), ("paper5", 42), ("paper5", 1), ("paper5", 7)])
+def test_group_split_keeps_every_raw_key_on_one_side(covers_loaded, label_set, seed):
+    """Checked on the covers table's own columns, not on the code's group: no md5, release, album or artist
+    is in two parts."""
+    items, _ = apply_label_set(covers_loaded.items, resolve_label_set(label_set), dedupe_on="md5")
+    split = make_split(items, SplitSpec(protocol="group", seed=seed))
+    parts = split[["item_id", "split"]].merge(items, on="item_id")
+    for key in ("md5", "release_id", "album_id", "artist_id"):
+        keyed = parts[parts[key] != ""]
+        straddling = keyed.groupby(key)["split"].nunique()
+        assert (straddling == 1).all(), f"{key} {list(straddling.index[straddling > 1][:3])} straddles"
+
+
+def test_gtzan_segments_keep_their_parent_clip_on_one_side(data_root):
+    from data.gtzan import load_gtzan_features
+
+    items = load_gtzan_features(data_root / "gtzan" / "features_3_sec.csv").items
+    split = make_split(items, SplitSpec(protocol="group", seed=4))
+    parent = split["item_id"].str.rsplit(".", n=1).str[0]  # the raw name: classical.00000.3 → classical.00000
+    assert split.assign(parent=parent).groupby("parent")["split"].nunique().max() == 1

@@ -3,6 +3,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -31,6 +33,27 @@ def test_audio_branch_writes_a_complete_run_folder(tmp_path):
     assert metrics["reference_logreg"]["n"] == metrics["n"]
     card = json.loads((audio / "model_card.json").read_text())
     assert card["machine"]["cpu_cores"] and card["metrics"]["ci95"]["accuracy"][0] <= metrics["accuracy"]
+    # The standardisation the checkpoint carries was fitted on the training rows alone.
+    import numpy as np
+    import pandas as pd
+
+    from data.gtzan import FEATURE_COLUMNS
+    from engine.inference import load_checkpoint
+
+    state = load_checkpoint(audio / "checkpoint.pt")["model_state"]
+    table = pd.read_csv(Path(card["data_loader"]["csv_path"]))
+    table["item_id"] = table["filename"].str.replace(".wav", "", regex=False)
+    split = pd.read_csv(metrics["split_file"])
+    rows = table.merge(split[["item_id", "split"]], on="item_id")
+    rows = rows[rows["label"].replace({"hiphop": "rap"}).isin(metrics["labels"])]
+    train = rows.loc[rows["split"] == "train", FEATURE_COLUMNS].to_numpy(np.float64)
+    np.testing.assert_allclose(state["mean"].numpy(), train.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(state["scale"].numpy(), train.std(0), rtol=1e-5)
+    assert not np.allclose(state["mean"].numpy(), rows[FEATURE_COLUMNS].to_numpy().mean(0), rtol=1e-3)
+    # The printed accuracy is the test rows' of predictions.csv, recomputed here.
+    predictions = pd.read_csv(audio / "predictions.csv")
+    test = predictions[predictions["split"] == "test"]
+    assert metrics["accuracy"] == pytest.approx((test["predicted"] == test["label"]).mean())
 
 
 def test_main_job_prints_image_audio_and_fused_rows(main_job_run):
@@ -42,7 +65,22 @@ def test_main_job_prints_image_audio_and_fused_rows(main_job_run):
     assert (run_dir / "fusion" / "confusions_pairing-synthetic.png").is_file()
     assert str(run_dir / "fusion" / "confusions_pairing-synthetic.png") in stdout
     results = json.loads((run_dir / "results.json").read_text())
-    assert len({m["n"] for m in results.values()}) == 1  # the three rows share their test items
+    assert len({m["n"] for m in results.values()}) == 1  # the rows share their test items
+    # The printed rows recomputed from what the branches and fusion wrote: the test pairs with both
+    # modalities, each branch's own probabilities, the fused head's.
+    import pandas as pd
+
+    pairs = pd.read_csv(run_dir / "fusion" / "pairs_pairing-synthetic.csv", keep_default_na=False)
+    test = pairs[(pairs["split"] == "test") & (pairs["cover_item_id"] != "") & (pairs["audio_item_id"] != "")]
+    fused = pd.read_csv(run_dir / "fusion" / "predictions.csv", keep_default_na=False).set_index("fused_id")
+    covers = pd.read_csv(run_dir / "covers" / "predictions.csv", dtype={"item_id": str}).set_index("item_id")
+    audio = pd.read_csv(run_dir / "audio" / "predictions.csv", dtype={"item_id": str}).set_index("item_id")
+    expected = {"image-only": (covers.loc[test["cover_item_id"], "predicted"].to_numpy() == test["label"].to_numpy()),
+                "audio-only": (audio.loc[test["audio_item_id"], "predicted"].to_numpy() == test["label"].to_numpy()),
+                "fused": (fused.loc[test["fused_id"], "predicted"].to_numpy() == test["label"].to_numpy())}
+    for name, correct in expected.items():
+        row = next(m for key, m in results.items() if key.startswith(name))
+        assert row["n"] == len(test) and row["accuracy"] == pytest.approx(correct.mean()), name
     for branch in ("audio", "covers"):
         assert (run_dir / branch / "checkpoint.pt").is_file() and (run_dir / branch / "predictions.csv").is_file()
 
@@ -53,3 +91,34 @@ def test_wrong_config_key_is_a_clear_error(tmp_path):
         capture_output=True, text=True, timeout=120, cwd=tmp_path,
     )
     assert result.returncode != 0 and "unknown key(s) ['lrr']" in result.stderr
+
+
+def test_a_run_stopped_after_an_epoch_continues_in_its_folder(tmp_path, discogs_covers_csv):
+    """trainer.stop_after_epoch ends a call early; the same hydra.run.dir continues from last.pt to the
+    history and model an uninterrupted run gives (its first epochs are kept, not trained again)."""
+    import pandas as pd
+
+    csv = discogs_covers_csv(tmp_path / "small.csv", 20)
+    common = ["branches=[covers]", "covers.mode=frozen", f"covers.data.loader.csv_path={csv}", "covers.data.name=small",
+              "trainer.max_epochs=4", "trainer.patience=10", "trainer.lr=1e-3", "split=random"]
+    _, whole = _run_main(tmp_path, *common, f"hydra.run.dir={tmp_path / 'whole'}")
+    _run_main(tmp_path, *common, "trainer.stop_after_epoch=2", f"hydra.run.dir={tmp_path / 'sliced'}")
+    first_slice = pd.read_csv(tmp_path / "sliced" / "covers" / "history.csv")
+    assert len(first_slice) == 2
+    _run_main(tmp_path, *common, f"hydra.run.dir={tmp_path / 'sliced'}")
+    continued = pd.read_csv(tmp_path / "sliced" / "covers" / "history.csv")
+    pd.testing.assert_frame_equal(continued.iloc[:2], first_slice)  # the same rows, timings included: not re-run
+    timings = ["seconds", "train_items_per_s", "train_data_wait_share"]
+    uninterrupted = pd.read_csv(whole / "covers" / "history.csv")
+    pd.testing.assert_frame_equal(continued.drop(columns=timings), uninterrupted.drop(columns=timings))
+    for name in ("metrics.json",):
+        a, b = (json.loads((d / "covers" / name).read_text()) for d in (whole, tmp_path / "sliced"))
+        assert a["accuracy"] == b["accuracy"] and a["confusion"] == b["confusion"]
+
+
+def test_a_misspelt_split_key_is_a_clear_error_naming_the_known_ones(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "run.py"), f"paths.root_dir={tmp_path}",
+                             "branches=[audio]", "+split.tset_fraction=0.3"],
+                            capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert result.returncode == 2 and "unknown key(s) ['tset_fraction']" in result.stderr
+    assert "test_fraction" in result.stderr and "Traceback" not in result.stderr

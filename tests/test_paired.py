@@ -161,6 +161,13 @@ def test_a_trained_run_scores_a_catalogue_with_a_track_missing_its_audio_by_its_
     expected_accuracy = (both[[f"cover_{c}" for c in probabilities]].astype(float).to_numpy().argmax(1)
                          == both["label"].map({"classical": 0, "jazz": 1, "rock": 2}).to_numpy()).mean()
     assert comparison["rows"]["image-only · pairing: real"]["accuracy"] == pytest.approx(expected_accuracy)
+    # Scoring goes through the training pipeline's own predict path: the audio branch's held-out
+    # probabilities (features computed from the files) come back for the same tracks.
+    held = pd.read_csv(run_dir / "audio" / "predictions.csv", dtype={"item_id": str}).set_index("item_id")
+    common = held.index.intersection(scored.index)
+    assert len(common) > 5
+    np.testing.assert_allclose(scored.loc[common, [f"audio_{c}" for c in probabilities]].astype(float).to_numpy(),
+                               held.loc[common, probabilities].to_numpy(), atol=1e-5)
 
 
 def test_crawl_then_catalogue_then_comparison_against_a_loopback_server(tmp_path, covers_loaded, data_root,

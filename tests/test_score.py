@@ -150,3 +150,32 @@ def test_bad_shard_and_model_folder_are_clear_errors(tmp_path):
     (tmp_path / "catalogue.csv").write_text("id,cover_path\nx,a.jpg\n")
     with pytest.raises(ValueError, match="no track_id or item_id column"):
         _Resolver(tmp_path / "catalogue.csv", tmp_path / "downloads")
+
+
+def test_relative_paths_and_one_branch_folder_as_model_dir(main_job_run, covers_loaded, tmp_path):
+    """A track table with paths relative to itself, scored from another folder with model_dir relative to the
+    working directory and pointing at the covers branch alone; the numbers are the cover model's own."""
+    import os
+    import shutil
+
+    from covers.predict import load_cover_model, predict_covers
+
+    _, run_dir = main_job_run
+    (tmp_path / "tables" / "img").mkdir(parents=True)
+    source = covers_loaded.items[covers_loaded.items["source"] == "discogs"]["cover_path"].iloc[90]
+    shutil.copy(source, tmp_path / "tables" / "img" / "cover.jpg")
+    (tmp_path / "tables" / "tracks.csv").write_text("track_id,cover_path\nt1,img/cover.jpg\nt2,img/absent.jpg\n")
+    (tmp_path / "work").mkdir()
+    model_dir = os.path.relpath(run_dir / "covers", tmp_path / "work")
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "score.py"), f"model_dir={model_dir}",
+                             "input=../tables/tracks.csv", "output=scores.csv", "progress=false",
+                             f"paths.root_dir={tmp_path / 'work'}"], capture_output=True, text=True, timeout=300,
+                            cwd=tmp_path / "work")
+    assert result.returncode == 0, result.stderr[-3000:]
+    scores = pd.read_csv(tmp_path / "work" / "scores.csv", keep_default_na=False)
+    assert scores["status"].tolist()[0] == "ok" and scores["modalities"].tolist() == ["cover", ""]
+    assert "missing file" in scores["status"].iloc[1]
+    model, _ = load_cover_model(run_dir / "covers" / "checkpoint.pt")
+    _, expected = predict_covers(model, pd.DataFrame({"item_id": ["t1"], "cover_path": [source]}))
+    labels = model.labels
+    np.testing.assert_allclose(scores.loc[0, [f"p_{c}" for c in labels]].astype(float), expected[0], atol=1e-6)

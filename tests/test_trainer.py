@@ -64,7 +64,7 @@ def test_resume_continues_where_it_stopped(tmp_path):
     fit(whole, _blobs(), _blobs(seed=1), config, tmp_path / "whole")
 
     interrupted = _model(seed=4)
-    fit(interrupted, _blobs(), _blobs(seed=1), config, tmp_path / "cut", stop_after_epoch=2)
+    fit(interrupted, _blobs(), _blobs(seed=1), _config(max_epochs=6, patience=10, stop_after_epoch=2), tmp_path / "cut")
     assert len(pd.read_csv(tmp_path / "cut" / "history.csv")) == 2
     resumed = _model(seed=99)  # fresh weights: everything must come from last.pt
     result = fit(resumed, _blobs(), _blobs(seed=1), config, tmp_path / "cut")
@@ -165,3 +165,34 @@ def test_fastai_recipe_freezes_then_trains_every_group_with_discriminative_rates
 
     rates = [group["lr"] for group in _build_optimizer(model, config).param_groups]
     assert rates == pytest.approx([0.005, 0.01])
+
+
+def test_class_weights_change_the_loss_and_the_trained_model_without_label_smoothing(tmp_path):
+    """Balanced weights on an imbalanced set (smoothing off): another validation loss, other weights, and
+    more of the rare class recalled; M4's precision weights reach the loss the same way."""
+    from omegaconf import OmegaConf
+
+    from engine.config import trainer_config
+
+    rng = np.random.default_rng(5)
+    y = np.r_[np.zeros(270, int), np.ones(30, int)]
+    x = np.where(y[:, None] == 1, 0.6, -0.6) + rng.normal(0, 1.0, (300, 2))
+    data = TensorDataset(torch.tensor(x, dtype=torch.float32), torch.tensor(y))
+    val = TensorDataset(torch.tensor(x[::3], dtype=torch.float32), torch.tensor(y[::3]))
+
+    def train(weights, name):
+        seed_everything(0)
+        model = nn.Linear(2, 2)
+        result = fit(model, data, val, _config(lr=0.05, max_epochs=6, patience=10, class_weights=weights,
+                                               label_smoothing=0.0), tmp_path / name)
+        recall = (predict_proba(model, data, device="cpu").argmax(1)[y == 1] == 1).mean()
+        return result.history["val_loss"].to_numpy(), model.weight.detach().clone(), recall
+
+    plain = train(None, "plain")
+    balanced = train(balanced_class_weights(y, 2), "balanced")
+    assert not np.allclose(plain[0], balanced[0]) and not torch.equal(plain[1], balanced[1])
+    assert balanced[2] > plain[2] + 0.2  # the rare class is found far more often
+    cfg = OmegaConf.create({"trainer": {"lr": 0.05}})
+    precision_weights = trainer_config(cfg, {"class_weights": [0.5, 1.5]}).class_weights
+    weighted = train(list(precision_weights), "precision")
+    assert not np.allclose(plain[0], weighted[0]) and not torch.equal(plain[1], weighted[1])
