@@ -185,24 +185,47 @@ def predict_audio_inputs(model: AudioModel, inputs: AudioInputs,
     return clip_rows, clip_proba, proba
 
 
-def predict_audio(model: AudioModel, clips: pd.DataFrame, cache_dir: str | Path | None = None, n_jobs: int = 1,
-                  device: str = "auto", progress: bool = False) -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame]:
-    """Clips (``item_id``, ``audio_path``) → ``(clips scored, their probabilities, problems per clip)``.
+@dataclass
+class ClipInputs:
+    """Clips cut into a model's windows, and those windows' inputs (what :func:`predict_clips` reads)."""
+
+    windows: pd.DataFrame
+    inputs: AudioInputs
+
+
+def clip_inputs(spec: dict[str, Any], clips: pd.DataFrame, cache_dir: str | Path | None = None, n_jobs: int = 1,
+                progress: bool = False) -> ClipInputs:
+    """Clips (``item_id``, ``audio_path``) → the inputs a model of input record ``spec`` (:func:`input_spec`) reads.
+
+    Needs no network weights (musicnn inputs excepted: they are musicnn's outputs), so it can run
+    apart from the model: in feature workers or other processes.
+    """
+    windows = audio_windows(clips.assign(segment=-1), spec.get("segments"))
+    inputs = audio_inputs(windows, tuple(spec["kinds"]), cache_dir, n_jobs=n_jobs, progress=progress,
+                          mel=MelParams(**spec["mel"]), mel_frames=spec["mel_frames"], features=spec.get("features"),
+                          musicnn=spec.get("musicnn"), min_seconds=spec.get("min_seconds", 0.0))
+    return ClipInputs(windows, inputs)
+
+
+def predict_clips(model: AudioModel, prepared: ClipInputs,
+                  device: str = "auto") -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame]:
+    """:func:`clip_inputs`' result → ``(clips scored, their probabilities, problems per clip)``.
 
     A segment past the end of a short file is skipped; a clip with no usable window is left out,
     and ``problems`` (columns ``item_id``, ``reason``) gives the first reason of each such clip.
     """
-    windows = audio_windows(clips.assign(segment=-1), model.segments)
-    inputs = audio_inputs(windows, model.kinds, cache_dir, n_jobs=n_jobs, progress=progress,
-                          mel=MelParams(**model.spec["mel"]), mel_frames=model.spec["mel_frames"],
-                          features=model.spec.get("features"), musicnn=model.spec.get("musicnn"),
-                          min_seconds=model.spec.get("min_seconds", 0.0))
-    scored, proba, _ = predict_audio_inputs(model, inputs, device)
-    clip_of = dict(zip(windows["item_id"], windows["clip_item_id"]))
-    reasons = (inputs.problems.assign(item_id=inputs.problems["item_id"].map(clip_of))
-               .groupby("item_id", sort=False)["reason"].first())
-    problems = reasons[~reasons.index.isin(set(scored["item_id"]))].reset_index()
-    return scored, proba, problems
+    scored, proba, _ = predict_audio_inputs(model, prepared.inputs, device)
+    problems = prepared.inputs.problems
+    clip_of = dict(zip(prepared.windows["item_id"], prepared.windows["clip_item_id"]))
+    reasons = problems.assign(item_id=problems["item_id"].map(clip_of)).groupby("item_id", sort=False)["reason"].first()
+    return scored, proba, reasons[~reasons.index.isin(set(scored["item_id"]))].reset_index()
+
+
+def predict_audio(model: AudioModel, clips: pd.DataFrame, cache_dir: str | Path | None = None, n_jobs: int = 1,
+                  device: str = "auto", progress: bool = False) -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame]:
+    """Clips (``item_id``, ``audio_path``) → ``(clips scored, their probabilities, problems per clip)``:
+    :func:`clip_inputs` then :func:`predict_clips`."""
+    return predict_clips(model, clip_inputs(model.spec, clips, cache_dir, n_jobs, progress), device)
 
 
 class _Embedder(nn.Module):

@@ -21,7 +21,7 @@ from data.gtzan import load_gtzan_audio
 from data.root import resolve_data_root
 from engine.io import write_json
 from engine.run import machine_info
-from scoring.tracks import score_table
+from scoring.jobs import score_table
 
 
 def track_table(n_tracks: int, folder: Path) -> Path:
@@ -63,7 +63,7 @@ def main(model_dir: str, n_tracks: int = 200, n_jobs: int = 2) -> dict:
                       "statuses": scores["status"].where(scores["status"] == "ok", "not ok").value_counts().to_dict(),
                       "modalities": scores["modalities"].value_counts().to_dict()}
     result = {
-        "what": "scripts/score.py path (fusion.score.score_table): decode + embed covers, extract GTZAN features, "
+        "what": "scripts/score.py path (scoring.jobs.score_table): decode + embed covers, extract GTZAN features, "
                 "fuse; cold caches; batch 64; 1 row in 20 broken on purpose",
         "n_rows": n_tracks, "n_jobs": n_jobs, "runs": runs, "machine": machine_info(),
     }

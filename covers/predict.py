@@ -106,6 +106,14 @@ def predict_cover_inputs(model: CoverModel, x: np.ndarray, device: str = "auto")
         dataset: Dataset = TensorDataset(torch.from_numpy(np.require(x, np.float32, ["C", "W"])),
                                          torch.zeros(len(x), dtype=torch.int64))
         return predict_proba(model.network.head, dataset, device=device)
+    return predict_decoded_covers(model, x, device)
+
+
+def predict_decoded_covers(model: CoverModel, x: np.ndarray, device: str = "auto") -> np.ndarray:
+    """Class probabilities ``(n, k)`` of decoded covers ``uint8 (n, s, s, 3)`` through the whole network
+    (backbone and head), whatever the mode: what batch scoring runs where decoding happened elsewhere."""
+    if len(x) == 0:
+        return np.zeros((0, len(model.labels)))
     return predict_proba(model.network, CoverImages(x, np.zeros(len(x), dtype=np.int64), model.info), device=device)
 
 

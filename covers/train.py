@@ -149,7 +149,9 @@ def train_covers(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 @COVER_MODES.register("finetune")
 def _finetune(run: CoverRun) -> dict[str, Any]:
     spec = run.model_cfg
-    # Built before decoding, so absent pretrained weights fail at once, not after minutes of work.
+    # Built before decoding, so absent pretrained weights fail at once, not after minutes of work; seeded,
+    # so the new head's (or a from-scratch backbone's) initial weights are the run's, whatever ran before.
+    seed_everything(int(run.cfg.seed))
     network = create_model(spec["backbone"], len(run.labels), pretrained=spec.get("pretrained", True),
                            weights_path=spec.get("weights_path"), dropout=spec.get("dropout", 0.5))
     parts = run.parts(*decode_covers(run.prepared.items, network.info.input_size, run.cfg.paths.cache_dir,

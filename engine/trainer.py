@@ -10,7 +10,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,9 +19,11 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
+from engine import distributed
 from engine.inference import (BEST_CHECKPOINT, RESUME_CHECKPOINT, autocast, read_checkpoint, resolve_device,
                               save_checkpoint, to_device)
 from engine.io import atomic_path
@@ -58,12 +60,17 @@ class TrainerConfig:
     #: End this call after that epoch (the run continues from ``last.pt`` when called again with the same
     #: run folder, e.g. ``hydra.run.dir``): training in slices on a shared machine.
     stop_after_epoch: int | None = None
+    #: "train": batch-norm layers normalise by each batch (under torchrun on GPUs, by the global batch:
+    #: SyncBatchNorm); "frozen": they keep their running statistics (fine-tuning with small batches).
+    batchnorm: str = "train"
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("adamw", "sgd"):
             raise ValueError(f"trainer.optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
         if self.scheduler not in ("cosine", "none"):
             raise ValueError(f"trainer.scheduler must be 'cosine' or 'none', got {self.scheduler!r}")
+        if self.batchnorm not in ("train", "frozen"):
+            raise ValueError(f"trainer.batchnorm must be 'train' or 'frozen', got {self.batchnorm!r}")
         if self.max_epochs < 1 or self.patience < 1 or self.batch_size < 1:
             raise ValueError("trainer.max_epochs, patience and batch_size must be ≥ 1")
         if not 0 <= self.label_smoothing < 1:
@@ -112,14 +119,52 @@ def balanced_class_weights(targets: Sequence[int], n_classes: int) -> list[float
     return weights.tolist()
 
 
+class GlobalBatches(Sampler[list[int]]):
+    """The batches of one epoch, this process's share of each.
+
+    The order is a function of ``(seed, epoch)`` alone, so a resumed run sees exactly the batches
+    the uninterrupted one would have seen, and every process of a data-parallel run draws the
+    same global batches: each takes its contiguous part of every batch of ``batch_size`` items.
+    A last training batch with fewer items than processes is left out (each process must take
+    a step); in a single process nothing is left out.
+    """
+
+    def __init__(self, n_items: int, batch_size: int, generator: torch.Generator | None, training: bool) -> None:
+        self.n_items, self.batch_size, self.generator, self.training = n_items, batch_size, generator, training
+
+    def _global_batches(self) -> list[torch.Tensor]:
+        # Drawn lazily, after DataLoader has taken its worker base seed from the same generator.
+        order = torch.randperm(self.n_items, generator=self.generator) if self.generator is not None \
+            else torch.arange(self.n_items)
+        batches = list(order.split(self.batch_size))
+        if self.training and batches and len(batches[-1]) < distributed.world_size():
+            log.warning("leaving out the last %d training item(s) of the epoch: fewer than the %d processes",
+                        len(batches[-1]), distributed.world_size())
+            batches.pop()
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self._global_batches():
+            share = batch.tensor_split(distributed.world_size())[distributed.rank()]
+            if len(share):
+                yield share.tolist()
+
+    def __len__(self) -> int:
+        return len(self._global_batches())
+
+
+def _seed_worker(worker_id: int) -> None:
+    # Processes of a data-parallel run share the loader's generator (the batch order); their workers'
+    # random augmentations should not repeat each other's.
+    torch.manual_seed(torch.initial_seed() + 7919 * distributed.rank())
+
+
 def _loader(dataset: Dataset, config: TrainerConfig, shuffle: bool, epoch: int = 0) -> DataLoader:
-    # A generator seeded per epoch makes the batch order a function of (seed, epoch) alone, so
-    # a resumed run sees exactly the batches the uninterrupted run would have seen.
     generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch) if shuffle else None
-    return DataLoader(
-        dataset, batch_size=config.batch_size, shuffle=shuffle, generator=generator,
-        num_workers=config.num_workers, pin_memory=torch.cuda.is_available(),
-    )
+    batches = GlobalBatches(len(dataset), config.batch_size, generator, training=shuffle)
+    return DataLoader(dataset, batch_sampler=batches, generator=generator, num_workers=config.num_workers,
+                      pin_memory=torch.cuda.is_available(),
+                      worker_init_fn=_seed_worker if distributed.is_distributed() else None)
 
 
 @dataclass
@@ -142,16 +187,23 @@ class EpochStats:
 
 
 def _run_epoch(model, loader, criterion, device, config, optimizer=None, desc="") -> EpochStats:
-    """One pass; the loss is the (class-weighted) mean over the whole epoch.
+    """One pass; the loss is the (class-weighted) mean over the whole epoch, over all processes.
 
-    ``criterion`` sums over a batch; each batch is normalised by its total target weight, as
-    ``CrossEntropyLoss(weight=…)`` does, and a batch whose classes all weigh 0 (a class absent
-    from training) contributes nothing instead of 0/0.
+    ``criterion`` sums over a batch; each global batch is normalised by its total target weight,
+    as ``CrossEntropyLoss(weight=…)`` does, and a batch whose classes all weigh 0 (a class absent
+    from training) contributes nothing instead of 0/0. In a data-parallel run each process holds
+    part of the batch and the gradients are averaged over processes, so each part's loss sum is
+    divided by the batch's weight over all processes times their number: the step equals the
+    single-process step on the whole batch.
     """
     training = optimizer is not None
     model.train(training)
+    if training and config.batchnorm == "frozen":
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
     total_loss, total_weight, correct, seen = 0.0, 0.0, 0, 0
-    batches = iter(tqdm(loader, desc=desc, leave=False, disable=not config.progress))
+    batches = iter(tqdm(loader, desc=desc, leave=False, disable=not config.progress or not distributed.is_main_process()))
     started, waited = time.perf_counter(), 0.0
     with torch.set_grad_enabled(training):
         while True:
@@ -168,15 +220,19 @@ def _run_epoch(model, loader, criterion, device, config, optimizer=None, desc=""
             weight = criterion.weight[targets].sum().item() if criterion.weight is not None else float(len(targets))
             if not torch.isfinite(loss_sum):
                 raise FloatingPointError(f"{desc}: loss became {loss_sum.item()}; lower trainer.lr or check inputs")
-            if training and weight > 0:
-                optimizer.zero_grad(set_to_none=True)
-                (loss_sum / weight).backward()
-                optimizer.step()
+            if training:
+                batch_weight = distributed.all_reduce_sum([weight], device)[0]
+                if batch_weight > 0:
+                    optimizer.zero_grad(set_to_none=True)
+                    (loss_sum / (batch_weight / distributed.world_size())).backward()
+                    optimizer.step()
             total_loss += loss_sum.item()
             total_weight += weight
             correct += (logits.argmax(1) == targets).sum().item()
             seen += len(targets)
-    return EpochStats(total_loss / max(total_weight, 1e-12), correct / max(seen, 1), seen,
+    total_loss, total_weight, correct, seen = distributed.all_reduce_sum([total_loss, total_weight, correct, seen],
+                                                                         device)
+    return EpochStats(total_loss / max(total_weight, 1e-12), correct / max(seen, 1), int(seen),
                       time.perf_counter() - started, waited)
 
 
@@ -212,6 +268,21 @@ def _set_epoch(model: nn.Module, datasets: Sequence[Dataset], config: TrainerCon
             dataset.set_size(size)
 
 
+def _share_batchnorm_statistics(model: nn.Module, config: TrainerConfig, device: torch.device) -> None:
+    """Under torchrun, batch-norm layers in training mode normalise by the whole global batch (as one
+    process would) through SyncBatchNorm, which PyTorch provides on GPUs only; on CPUs they see each
+    process's part alone, and the run says so."""
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not layers or config.batchnorm == "frozen":
+        return
+    if device.type != "cuda":
+        log.warning("data-parallel on %s: batch-norm statistics are per process (%d layers); "
+                    "trainer.batchnorm=frozen keeps them fixed instead", device.type, len(layers))
+        return
+    for name, child in list(model.named_children()):  # in place: the caller's model object is what trains
+        setattr(model, name, nn.SyncBatchNorm.convert_sync_batchnorm(child))
+
+
 def _resumable(config: dict[str, Any]) -> dict[str, Any]:
     """The settings a resumed run must share with the interrupted one (all but where to stop)."""
     return {key: value for key, value in config.items() if key != "stop_after_epoch"}
@@ -231,12 +302,26 @@ def fit(
     Writes into ``run_dir``: ``history.csv`` (one row per epoch), ``checkpoint.pt`` (best
     state dict + ``metadata`` such as the label list and config) and ``last.pt`` (everything
     needed to resume). With ``resume=True`` and a ``last.pt`` present, training continues from
-    it (the config must be the same but for ``stop_after_epoch``).
+    it (the config and number of processes must be the same but for ``stop_after_epoch``).
+
+    Under ``torchrun`` (see :mod:`engine.distributed`) the model trains data-parallel: every
+    process calls ``fit`` with the same arguments, rank 0 alone writes ``run_dir`` and its
+    ``last.pt`` is what every process resumes from.
     """
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(config.device)
+    writes = distributed.is_main_process()
+    if writes:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    device = distributed.local_device(resolve_device(config.device))
     model.to(device)
+    trained = model
+    if distributed.is_distributed():
+        # Same initial weights everywhere (DDP also broadcasts rank 0's), then per-process dropout
+        # and augmentation draws.
+        torch.manual_seed(config.seed + 7919 * distributed.rank())
+        _share_batchnorm_statistics(model, config, device)
+        trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                          find_unused_parameters=config.freeze_epochs > 0)
     weights = torch.tensor(config.class_weights, dtype=torch.float32, device=device) if config.class_weights else None
     criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=config.label_smoothing, reduction="sum")
     optimizer = _build_optimizer(model, config)
@@ -247,30 +332,34 @@ def fit(
     state = {"epoch": 0, "best_val_loss": math.inf, "best_epoch": 0, "bad_epochs": 0, "history": []}
     best_state = copy.deepcopy(model.state_dict())
     resume_path = run_dir / RESUME_CHECKPOINT
-    if resume and resume_path.is_file():
-        saved = read_checkpoint(resume_path)
+    saved = distributed.broadcast_object(read_checkpoint(resume_path) if resume and writes and resume_path.is_file()
+                                         else None)
+    if saved is not None:
         if _resumable(saved["config"]) != _resumable(asdict(config)):
             raise ValueError(f"{resume_path} was written with another trainer config; use a new run folder")
+        if len(saved["torch_rng"]) != distributed.world_size():
+            raise ValueError(f"{resume_path} was written by {len(saved['torch_rng'])} process(es), this run has "
+                             f"{distributed.world_size()}; resume with the same --nproc_per_node")
         model.load_state_dict(saved["model_state"])
         optimizer.load_state_dict(saved["optimizer_state"])
         if scheduler is not None:
             scheduler.load_state_dict(saved["scheduler_state"])
         best_state = saved["best_state"]
         state = saved["loop_state"]
-        torch.set_rng_state(saved["torch_rng"])
+        torch.set_rng_state(saved["torch_rng"][distributed.rank()])
         log.info("resuming %s after epoch %d", run_dir, state["epoch"])
 
     started = time.perf_counter()
     stopped_early = state["bad_epochs"] >= config.patience
-    epochs = tqdm(range(state["epoch"] + 1, config.max_epochs + 1), desc="epochs", disable=not config.progress,
-                  initial=state["epoch"], total=config.max_epochs)
+    epochs = tqdm(range(state["epoch"] + 1, config.max_epochs + 1), desc="epochs",
+                  disable=not config.progress or not writes, initial=state["epoch"], total=config.max_epochs)
     for epoch in epochs:
         if stopped_early:
             break
         tic = time.perf_counter()
         _set_epoch(model, (train_set, val_set), config, epoch)
         lr = optimizer.param_groups[-1]["lr"]
-        train = _run_epoch(model, _loader(train_set, config, True, epoch), criterion, device, config, optimizer,
+        train = _run_epoch(trained, _loader(train_set, config, True, epoch), criterion, device, config, optimizer,
                            desc=f"train {epoch}")
         val = _run_epoch(model, _loader(val_set, config, False), criterion, device, config, desc=f"val {epoch}")
         train_loss, train_acc, val_loss, val_acc = train.loss, train.accuracy, val.loss, val.accuracy
@@ -280,8 +369,9 @@ def fit(
         if improved:
             state.update(best_val_loss=val_loss, best_epoch=epoch, bad_epochs=0)
             best_state = copy.deepcopy(model.state_dict())
-            save_checkpoint({"model_state": best_state, "epoch": epoch, "val_loss": val_loss,
-                             "trainer": asdict(config), **(metadata or {})}, run_dir / BEST_CHECKPOINT)
+            if writes:
+                save_checkpoint({"model_state": best_state, "epoch": epoch, "val_loss": val_loss,
+                                 "trainer": asdict(config), **(metadata or {})}, run_dir / BEST_CHECKPOINT)
         else:
             state["bad_epochs"] += 1
         state["epoch"] = epoch
@@ -289,13 +379,15 @@ def fit(
                                  "val_loss": val_loss, "val_acc": val_acc, "lr": lr,
                                  "seconds": time.perf_counter() - tic, "train_items_per_s": train.items_per_s,
                                  "train_data_wait_share": train.data_wait_share})
-        with atomic_path(run_dir / "history.csv") as temporary:
-            pd.DataFrame(state["history"]).to_csv(temporary, index=False)
         stopped_early = state["bad_epochs"] >= config.patience
-        save_checkpoint({"model_state": model.state_dict(), "optimizer_state": optimizer.state_dict(),
-                         "scheduler_state": scheduler.state_dict() if scheduler else None,
-                         "best_state": best_state, "loop_state": state, "torch_rng": torch.get_rng_state(),
-                         "config": asdict(config)}, resume_path)
+        rng_states = distributed.all_gather_object(torch.get_rng_state())
+        if writes:
+            with atomic_path(run_dir / "history.csv") as temporary:
+                pd.DataFrame(state["history"]).to_csv(temporary, index=False)
+            save_checkpoint({"model_state": model.state_dict(), "optimizer_state": optimizer.state_dict(),
+                             "scheduler_state": scheduler.state_dict() if scheduler else None,
+                             "best_state": best_state, "loop_state": state, "torch_rng": rng_states,
+                             "config": asdict(config)}, resume_path)
         epochs.set_postfix(train_loss=f"{train_loss:.3f}", val_loss=f"{val_loss:.3f}", val_acc=f"{val_acc:.3f}")
         if config.stop_after_epoch is not None and epoch >= config.stop_after_epoch:
             break

@@ -4,16 +4,21 @@ With a paired catalogue (``data=paired data.catalogue=…``) both branches train
 (URLs fetched first, once) and fusion pairs them by track id. With fusion, the printed rows are
 the comparison on the same test items; each branch's report on its own whole test set is in its
 folder (``audio/``, ``covers/``).
+
+``torchrun --nproc_per_node=N scripts/run.py …`` trains every torch model data-parallel (see
+``engine/distributed.py``); rank 0 writes the run folder and prints the table.
 """
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
+from engine import distributed
 from engine.cli import report_user_errors
 from engine.config import register_configs
 
@@ -34,16 +39,24 @@ def main(cfg: DictConfig) -> float:
         raise ValueError(f"branches: unknown {unknown}; known: audio, covers, fusion")
     if "fusion" in cfg.branches and not {"audio", "covers"} <= set(cfg.branches):
         raise ValueError("branches: fusion needs both audio and covers")
-    if cfg.get("data") and cfg.data.get("catalogue"):
-        from acquire.catalogue import fetch_catalogue, has_urls
+    if distributed.init_from_environment() and not distributed.is_main_process():
+        logging.getLogger().setLevel(logging.WARNING)  # rank 0 tells the story
+    try:
+        if cfg.get("data") and cfg.data.get("catalogue"):
+            from acquire.catalogue import fetch_catalogue, has_urls
 
-        if has_urls(cfg.data.catalogue):
-            cfg.data.loader.path = str(fetch_catalogue(cfg.data.catalogue, cfg.paths.download_dir))
-    if cfg.split.protocol == "kfold" and cfg.split.fold is None:
-        rows = run_folds(cfg, run_dir)
-    else:
-        rows = run_once(cfg, run_dir)
-    print_results(rows, run_dir, figures=sorted(run_dir.glob("**/confusion*.png"))[:6])
+            if has_urls(cfg.data.catalogue):  # fetched once, by rank 0; the others wait for its table
+                fetched = fetch_catalogue(cfg.data.catalogue, cfg.paths.download_dir) \
+                    if distributed.is_main_process() else None
+                cfg.data.loader.path = str(distributed.broadcast_object(fetched))
+        if cfg.split.protocol == "kfold" and cfg.split.fold is None:
+            rows = run_folds(cfg, run_dir)
+        else:
+            rows = run_once(cfg, run_dir)
+    finally:
+        distributed.shut_down()
+    if distributed.launched_rank() == 0:
+        print_results(rows, run_dir, figures=sorted(run_dir.glob("**/confusion*.png"))[:6])
     return list(rows.values())[-1]["accuracy"]  # the fused row when fusion ran (multirun objective)
 
 
@@ -111,4 +124,5 @@ def _names(cfg: DictConfig) -> tuple[str, str]:
 
 
 if __name__ == "__main__":
+    sys.argv += distributed.scratch_run_dir_overrides()
     main()

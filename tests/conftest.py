@@ -134,3 +134,24 @@ def closed_port() -> int:
 def shared_cache(tmp_path_factory) -> Path:
     """One cache folder for the whole session: features and embeddings of the same files are computed once."""
     return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def cover_server(tmp_path_factory, covers_loaded):
+    """Serves one real cover over HTTP on 127.0.0.1 (a ``cover_url`` input)."""
+    served = tmp_path_factory.mktemp("served")
+    source = covers_loaded.items[covers_loaded.items["label"] == "country"]["cover_path"].iloc[60]
+    (served / "cover.jpg").write_bytes(Path(source).read_bytes())
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    class QuietHandler(SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:  # a line per request would bury the test output
+            pass
+
+    handler = functools.partial(QuietHandler, directory=str(served))
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_port}"
+    httpd.shutdown()

@@ -93,9 +93,11 @@ def test_explain_writes_embeddings_map_top_losses_and_cams_for_both_branches(mai
     from engine.inspection import read_embeddings
 
     _, run_dir = main_job_run
+    cache = run_dir.parents[3] / "artifacts" / "cache"  # the main job's: its embeddings are read, not recomputed
+    assert cache.is_dir()
     for branch in ("covers", "audio"):
         result = subprocess.run([sys.executable, str(ROOT / "scripts" / "explain.py"), str(run_dir / branch), "--out",
-                                 str(tmp_path / branch), "--no-progress", "--cache-dir", str(tmp_path / "cache")],
+                                 str(tmp_path / branch), "--no-progress", "--cache-dir", str(cache)],
                                 capture_output=True, text=True, timeout=600, cwd=tmp_path)
         assert result.returncode == 0, result.stderr[-3000:]
         assert (tmp_path / branch / "map.png").stat().st_size > 10_000

@@ -66,13 +66,17 @@ def test_kfold_split_tests_every_item_once_and_no_group_straddles(covers_loaded)
     assert split["fold"].value_counts().min() > 0.1 * len(split)
 
 
+#: Outer folds of the k-fold run, and inner folds of its cross-fitting (the fewest that still cross-fit).
+FOLDS = 2
+
+
 @pytest.fixture(scope="module")
 def kfold_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("kfold")
     result = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "run.py"), f"paths.root_dir={folder}", "trainer.progress=false",
-         "data=spotify_albums", "audio=descriptor_mlp", "labels=rap_country", "split=kfold", "split.folds=3",
-         "fusion.fit_on=crossfit", "fusion.crossfit_folds=3", "audio.trainer.max_epochs=20"],
+         "data=spotify_albums", "audio=descriptor_mlp", "labels=rap_country", "split=kfold", f"split.folds={FOLDS}",
+         "fusion.fit_on=crossfit", f"fusion.crossfit_folds={FOLDS}", "audio.trainer.max_epochs=20"],
         capture_output=True, text=True, timeout=900, cwd=folder)
     assert result.returncode == 0, result.stderr[-3000:]
     return Path(result.stdout.strip().splitlines()[-1].split("Run folder: ")[1]), result.stdout
@@ -83,23 +87,23 @@ def test_kfold_run_predicts_every_track_out_of_fold_exactly_once(kfold_run):
     assert "fused (weighted, cross-fitted) · pairing: real" in stdout
     assert "fused (weighted, validation-fitted) · pairing: real" in stdout
     folds = json.loads((run_dir / "folds.json").read_text())
-    assert folds["folds"] == 3 and (run_dir / "folds.md").is_file()
-    assert len(folds["per_fold_mean_std"]["audio-only (descriptor_mlp)"]["accuracy"]["folds"]) == 3
+    assert folds["folds"] == FOLDS and (run_dir / "folds.md").is_file()
+    assert len(folds["per_fold_mean_std"]["audio-only (descriptor_mlp)"]["accuracy"]["folds"]) == FOLDS
     pooled = pd.read_csv(run_dir / "pooled" / "comparison_items.csv", dtype={"item_id": str})
     assert pooled["item_id"].is_unique
     split_file = json.loads((run_dir / "fold-0" / "covers" / "metrics.json").read_text())["split_file"]
     split = pd.read_csv(split_file, dtype={"item_id": str})
     assert set(pooled["item_id"]) == set(split["item_id"])  # every labelled track, once
     per_fold = [set(pd.read_csv(run_dir / f"fold-{k}" / "fusion" / "comparison_items.csv", dtype={"item_id": str})
-                    ["item_id"]) for k in range(3)]
-    assert [len(s) for s in per_fold] == [int((split["fold"] == k).sum()) for k in range(3)]
+                    ["item_id"]) for k in range(FOLDS)]
+    assert [len(s) for s in per_fold] == [int((split["fold"] == k).sum()) for k in range(FOLDS)]
     for k, tested in enumerate(per_fold):
         assert tested == set(split.loc[split["fold"] == k, "item_id"])
     # Cross-fitting: the inner folds split the outer fold's training tracks only, each held out once.
-    for k in range(3):
+    for k in range(FOLDS):
         outer_train = set(split.loc[split[f"split_{k}"] == "train", "item_id"])
         inner = [pd.read_csv(run_dir / f"fold-{k}" / "crossfit" / f"fold-{j}" / "audio" / "predictions.csv",
-                             dtype={"item_id": str}) for j in range(3)]
+                             dtype={"item_id": str}) for j in range(FOLDS)]
         held = pd.concat([t[t["split"] == "test"] for t in inner])["item_id"]
         assert held.is_unique and set(held) == outer_train
 
@@ -111,7 +115,7 @@ def test_the_cross_fitted_head_never_sees_the_test_items(kfold_run, tmp_path):
 
     run_dir, _ = kfold_run
     fold = run_dir / "fold-0"
-    crossfit = [(fold / "crossfit" / f"fold-{j}" / "covers", fold / "crossfit" / f"fold-{j}" / "audio") for j in range(3)]
+    crossfit = [(fold / "crossfit" / f"fold-{j}" / "covers", fold / "crossfit" / f"fold-{j}" / "audio") for j in range(FOLDS)]
     cfg = OmegaConf.create({"seed": 42, "fusion": {"method": "logreg", "pairing": "auto", "weight": None,
                                                    "fit_on": "crossfit", "calibrate": "temperature"}})
     run_fusion(cfg, tmp_path / "first", fold / "covers", fold / "audio", crossfit_dirs=crossfit)

@@ -85,7 +85,7 @@ def test_a_checkpoint_carrying_code_is_refused_without_running_it(corpus, name):
 
 def test_tables_with_repeated_columns_or_another_encoding_are_clear_errors(tmp_path):
     from data.covers import load_covers_table
-    from scoring.tracks import read_track_table
+    from scoring.tables import read_track_table
 
     (tmp_path / "repeated.csv").write_text("track_id,cover_path,cover_path\nt1,a.jpg,b.jpg\n")
     with pytest.raises(ValueError, match=r"names column\(s\) \['cover_path'\] more than once"):
@@ -124,7 +124,7 @@ def test_a_covers_table_too_small_for_a_group_split_is_a_clear_error(tmp_path, d
 
 
 def test_scoring_survives_every_broken_row_and_a_header_only_table(main_job_run, corpus, tmp_path):
-    from scoring.tracks import score_table
+    from scoring.jobs import score_table
 
     _, run_dir = main_job_run
     good_cover = corpus["cover_grey16"]
@@ -149,7 +149,7 @@ def test_scoring_survives_every_broken_row_and_a_header_only_table(main_job_run,
 
 
 def test_fifty_dead_urls_fail_fast(main_job_run, tmp_path, loopback):
-    from scoring.tracks import score_table
+    from scoring.jobs import score_table
 
     _, run_dir = main_job_run
     server = loopback()

@@ -102,11 +102,11 @@ def test_port_equals_the_original_package(model, data_root, shared_cache):
 
 
 def test_zero_shot_genres_are_far_above_chance_on_gtzan(data_root, shared_cache):
-    """Ten clips each of classical, jazz and rock, classified by musicnn's tags alone (chance: 1/3)."""
+    """Six clips each of classical, jazz and rock, classified by musicnn's tags alone (chance: 1/3)."""
     from audio.predict import AudioModel, predict_audio, input_spec
 
     labels = ["classical", "jazz", "rock"]
-    paths = [p for genre in labels for p in sorted((data_root / "gtzan" / "audio" / genre).glob("*.ogg"))[20:30]]
+    paths = [p for genre in labels for p in sorted((data_root / "gtzan" / "audio" / genre).glob("*.ogg"))[20:26]]
     clips = pd.DataFrame({"item_id": [p.stem for p in paths], "audio_path": [str(p) for p in paths]})
     musicnn = ["MSD_musicnn", "MTT_musicnn"]
     model = AudioModel(TagGenres(musicnn, labels).eval(), labels, input_spec(("musicnn_tags",), None, None, musicnn))

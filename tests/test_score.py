@@ -1,75 +1,25 @@
 """Batch scoring: one output row per input row, broken rows recorded, resume and shards agree with one run."""
 from __future__ import annotations
 
-import functools
 import subprocess
 import sys
-import threading
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-import soundfile as sf
 
 from fusion.heads import fusion_inputs, load_fusion_head
-from scoring.tracks import _Resolver, parse_shard, read_track_table, score_table
+from scoring.jobs import score_table
+from scoring.tables import parse_shard, read_track_table, resolve_ids
+from track_tables import track_table
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture()
-def cover_server(tmp_path, covers_loaded):
-    """Serves one real cover over HTTP on 127.0.0.1 (a ``cover_url`` input)."""
-    served = tmp_path / "served"
-    served.mkdir()
-    source = covers_loaded.items[covers_loaded.items["label"] == "country"]["cover_path"].iloc[60]
-    (served / "cover.jpg").write_bytes(Path(source).read_bytes())
-    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(served))
-    handler.log_message = lambda *args: None
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_port}"
-    httpd.shutdown()
-
-
-def _tracks(tmp_path: Path, covers_loaded, data_root: Path, base_url: str) -> tuple[Path, Path, dict[str, str]]:
-    covers = covers_loaded.items[covers_loaded.items["source"] == "discogs"]
-    cover = {g: covers[covers["label"] == g]["cover_path"].iloc[70] for g in ("hiphop", "country", "pop")}
-    audio = {g: str(sorted((data_root / "gtzan" / "audio" / g).glob("*.ogg"))[0]) for g in ("hiphop", "country", "pop")}
-    (tmp_path / "corrupt.jpg").write_text("not an image")
-    (tmp_path / "corrupt.ogg").write_bytes(b"OggS" + bytes(200))
-    sf.write(tmp_path / "silent.wav", np.zeros(22050 * 5, dtype=np.float32), 22050)
-    catalogue = tmp_path / "catalogue.csv"
-    (tmp_path / "known.ogg").write_bytes(Path(audio["pop"]).read_bytes())
-    pd.DataFrame({"item_id": ["known-track"], "cover_path": [cover["pop"]], "audio_path": ["known.ogg"]}).to_csv(
-        catalogue, index=False)  # a relative path: relative to the catalogue
-    header = "track_id,cover_path,cover_url,audio_path\n"
-    lines = [
-        f"t0,{cover['hiphop']},,",                   # 0 cover only
-        f"t1,,,{audio['hiphop']}",                   # 1 audio only
-        f"t2,{cover['hiphop']},,{audio['hiphop']}",  # 2 both: the fused value of rows 0 and 1
-        f"t3,{cover['country']},,{audio['country']}",
-        f"t4,{tmp_path / 'missing.jpg'},,{audio['pop']}",  # 4 cover missing: audio carries it
-        f"t5,{tmp_path / 'corrupt.jpg'},,",          # 5 corrupt image only → not ok
-        f"t6,,,{tmp_path / 'corrupt.ogg'}",          # 6 unreadable audio → not ok
-        f"t7,,,{tmp_path / 'silent.wav'}",           # 7 silent clip → not ok
-        ",,,",                                       # 8 empty row
-        "t9,a,b,c,d,e",                              # 9 malformed row
-        "no-such-track,,,",                          # 10 unknown id
-        "known-track,,,",                            # 11 resolved through the catalogue
-        f"t12,,{base_url}/cover.jpg,",               # 12 cover by URL
-        f"t13,,{base_url}/absent.jpg,",              # 13 URL that 404s
-    ]
-    table = tmp_path / "tracks.csv"
-    table.write_text(header + "\n".join(lines) + "\n")
-    return table, catalogue, audio
-
-
 def test_scoring_keeps_every_row_and_resumes(main_job_run, covers_loaded, data_root, cover_server, tmp_path):
     _, run_dir = main_job_run
-    table, catalogue, _ = _tracks(tmp_path, covers_loaded, data_root, cover_server)
+    table, catalogue, _ = track_table(tmp_path, covers_loaded, data_root, cover_server)
     n_rows = 14
     out = tmp_path / "scores.csv"
     result = subprocess.run([sys.executable, str(ROOT / "scripts" / "score.py"), f"model_dir={run_dir}",
@@ -119,14 +69,14 @@ def test_scoring_keeps_every_row_and_resumes(main_job_run, covers_loaded, data_r
 
 
 def test_half_written_lines_are_cut(tmp_path):
-    from scoring.tracks import _drop_partial_last_line
+    from scoring.tables import drop_partial_last_line
 
     output = tmp_path / "scores.csv"
     output.write_bytes(b"row,status\n0,ok\n1,o")
-    _drop_partial_last_line(output)
+    drop_partial_last_line(output)
     assert output.read_bytes() == b"row,status\n0,ok\n"
     output.write_bytes(b"row,sta")  # killed while writing the header
-    _drop_partial_last_line(output)
+    drop_partial_last_line(output)
     assert output.read_bytes() == b""
 
 
@@ -149,7 +99,7 @@ def test_bad_shard_and_model_folder_are_clear_errors(tmp_path):
         score_table(tmp_path / "t.csv", tmp_path, tmp_path / "out.csv")
     (tmp_path / "catalogue.csv").write_text("id,cover_path\nx,a.jpg\n")
     with pytest.raises(ValueError, match="no track_id or item_id column"):
-        _Resolver(tmp_path / "catalogue.csv", tmp_path / "downloads")
+        resolve_ids(read_track_table(tmp_path / "catalogue.csv")[0], tmp_path / "catalogue.csv")
 
 
 def test_relative_paths_and_one_branch_folder_as_model_dir(main_job_run, covers_loaded, tmp_path):

@@ -98,7 +98,7 @@ def test_class_weights_and_label_smoothing_change_training(tmp_path):
 
 
 @pytest.mark.parametrize("bad", [dict(optimizer="adam"), dict(scheduler="step"), dict(max_epochs=0),
-                                 dict(label_smoothing=1.0)])
+                                 dict(label_smoothing=1.0), dict(batchnorm="sync")])
 def test_bad_trainer_config(bad):
     with pytest.raises(ValueError):
         _config(**bad)
@@ -196,3 +196,18 @@ def test_class_weights_change_the_loss_and_the_trained_model_without_label_smoot
     precision_weights = trainer_config(cfg, {"class_weights": [0.5, 1.5]}).class_weights
     weighted = train(list(precision_weights), "precision")
     assert not np.allclose(plain[0], weighted[0]) and not torch.equal(plain[1], weighted[1])
+
+
+def test_frozen_batchnorm_keeps_its_statistics_while_the_rest_trains(tmp_path):
+    def with_batchnorm():
+        seed_everything(0)
+        return nn.Sequential(nn.Linear(2, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 3))
+
+    frozen, trained = with_batchnorm(), with_batchnorm()
+    before = {k: v.clone() for k, v in frozen.state_dict().items()}
+    fit(frozen, _blobs(), _blobs(seed=1), _config(max_epochs=2, batchnorm="frozen"), tmp_path / "frozen")
+    fit(trained, _blobs(), _blobs(seed=1), _config(max_epochs=2), tmp_path / "trained")
+    for key in ("1.running_mean", "1.running_var", "1.num_batches_tracked"):
+        torch.testing.assert_close(frozen.state_dict()[key], before[key])
+        assert not torch.equal(trained.state_dict()[key], before[key])
+    assert not torch.equal(frozen.state_dict()["1.weight"], before["1.weight"])  # its scale still learns

@@ -1,0 +1,37 @@
+"""Sweeps through Hydra launchers: a parallel local sweep (joblib) for real, the SLURM config composed."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+def test_joblib_sweep_runs_in_parallel_and_summarises(tmp_path):
+    sweep = tmp_path / "sweep"
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "run.py"), "-m", "hydra/launcher=joblib",
+                             "hydra.launcher.n_jobs=2", "branches=[audio]", "audio=feature_linear",
+                             "audio.trainer.max_epochs=5", "seed=1,2", "trainer.progress=false",
+                             f"paths.root_dir={tmp_path}", f"hydra.sweep.dir={sweep}"],
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Joblib.Parallel(n_jobs=2" in result.stdout  # the joblib launcher ran the sweep, two at a time
+    summary = subprocess.run([sys.executable, str(ROOT / "scripts" / "summarize_sweep.py"), str(sweep)],
+                             capture_output=True, text=True, timeout=60)
+    assert summary.returncode == 0, summary.stderr
+    runs = pd.read_csv(sweep / "runs.csv")
+    assert sorted(runs["seed"]) == [1, 2] and (runs["status"] == "ok").all()
+    assert runs["accuracy"].nunique() == 2  # two seeds, two trained models
+
+
+def test_slurm_launcher_config_composes_onto_submitit():
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "run.py"), "hydra/launcher=slurm",
+                             "hydra.launcher.partition=gpu", "--cfg", "hydra", "--package", "hydra.launcher"],
+                            capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "hydra_submitit_launcher.submitit_launcher.SlurmLauncher" in result.stdout
+    for line in ("partition: gpu", "gpus_per_node: 1", "timeout_min: 240"):
+        assert line in result.stdout, line
