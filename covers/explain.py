@@ -116,20 +116,20 @@ def explain_cover_run(run_dir: str | Path, out_dir: str | Path, cache_dir: str |
         out_dir / "top_losses.csv", index=False)
     written["top_losses"] = save_grid(
         [load_cover(p, 160) for p in worst["cover_path"]],
-        [f"true {t}\\npred {p} ({q:.2f})" for t, p, q in zip(worst["label"], worst["predicted"], worst["p_predicted"])],
+        [f"true {t}\npred {p} ({q:.2f})" for t, p, q in zip(worst["label"], worst["predicted"], worst["p_predicted"])],
         out_dir / "top_losses.png")
 
     size = model.info.input_size
     sample = test.sample(min(n_cam, len(test)), random_state=seed)
     images = [load_cover(p, size) for p in sample["cover_path"]]
     cams, cam_proba = class_activation_maps(model.network, normalise(np.stack(images), model.info), method)
-    titles = [f"pred {labels[p.argmax()]} {p.max():.2f}\\n(true {t})" for p, t in zip(cam_proba, sample["label"])]
+    titles = [f"pred {labels[p.argmax()]} {p.max():.2f}\n(true {t})" for p, t in zip(cam_proba, sample["label"])]
     written["cam"] = save_grid(images, titles, out_dir / f"cam_{method}.png", overlays=cams)
 
     predictions = test.assign(**{f"p_{label}": test_proba[:, i] for i, label in enumerate(labels)})
     typical = most_typical(predictions, labels, per_class)
     written["typical"] = save_grid(
         [load_cover(p, size) for p in typical["cover_path"]],
-        [f"{r.typical_of} p={getattr(r, 'p_' + r.typical_of):.2f}\\n(true {r.label})" for r in typical.itertuples()],
+        [f"{r.typical_of} p={getattr(r, 'p_' + r.typical_of):.2f}\n(true {r.label})" for r in typical.itertuples()],
         out_dir / "typical_covers.png", columns=per_class)
     return written

@@ -150,7 +150,13 @@ class GlobalBatches(Sampler[list[int]]):
                 yield share.tolist()
 
     def __len__(self) -> int:
-        return len(self._global_batches())
+        # Counted, not drawn: a draw here (DataLoader and tqdm ask for the length) would move the
+        # generator and change the order __iter__ then draws.
+        full, last = divmod(self.n_items, self.batch_size)
+        sizes = [self.batch_size] * full + ([last] if last else [])
+        if self.training and sizes and sizes[-1] < distributed.world_size():
+            sizes.pop()
+        return sum(distributed.rank() < size for size in sizes)  # tensor_split leaves rank r empty iff r ≥ size
 
 
 def _seed_worker(worker_id: int) -> None:

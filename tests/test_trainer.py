@@ -211,3 +211,21 @@ def test_frozen_batchnorm_keeps_its_statistics_while_the_rest_trains(tmp_path):
         torch.testing.assert_close(frozen.state_dict()[key], before[key])
         assert not torch.equal(trained.state_dict()[key], before[key])
     assert not torch.equal(frozen.state_dict()["1.weight"], before["1.weight"])  # its scale still learns
+
+
+def test_global_batches_in_one_process_are_a_shuffled_dataloaders_batches():
+    """The order is the one a shuffled DataLoader with the same generator draws (the recorded results
+    were trained on it), and asking for the length (tqdm does) draws nothing."""
+    from torch.utils.data import DataLoader
+
+    from engine.trainer import GlobalBatches
+
+    dataset = TensorDataset(torch.arange(23))
+    ours_generator, reference_generator = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    ours = DataLoader(dataset, batch_sampler=GlobalBatches(23, 5, ours_generator, training=True),
+                      generator=ours_generator)
+    reference = DataLoader(dataset, batch_size=5, shuffle=True, generator=reference_generator)
+    assert len(ours) == len(reference) == 5
+    # One epoch: the trainer seeds a new generator per epoch (RandomSampler draws a second, empty
+    # permutation at the end of each pass, so a reused generator would part ways after the first).
+    assert [b[0].tolist() for b in ours] == [b[0].tolist() for b in reference]
