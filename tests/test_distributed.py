@@ -54,7 +54,7 @@ def test_two_process_ddp_equals_one_process_and_resumes(tmp_path, discogs_covers
                for name in ("one", "ddp")]
     assert weights[0].keys() == weights[1].keys()
     for key in weights[0]:
-        torch.testing.assert_close(weights[1][key], weights[0][key], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(weights[1][key], weights[0][key], rtol=1e-4, atol=1e-5)  # float summation order
     predictions = [pd.read_csv(tmp_path / name / "covers" / "predictions.csv") for name in ("one", "ddp")]
     assert list(predictions[0]["item_id"]) == list(predictions[1]["item_id"])
     probabilities = [p.filter(like="p_").to_numpy() for p in predictions]
