@@ -6,6 +6,7 @@ for (``segment`` column: ``-1`` = the whole clip, ``k`` = the k-th 3-second segm
 """
 from __future__ import annotations
 
+import functools
 import logging
 import multiprocessing
 import os
@@ -168,6 +169,19 @@ def _file_job(audio_path: str, segments: tuple[int, ...], cache_dir: str | None,
 _POOLS: dict[int, ProcessPoolExecutor] = {}
 
 
+@functools.cache
+def compile_feature_kernels() -> None:
+    """Compile librosa's numba kernels in this process, once, before other processes compute features.
+
+    librosa caches its ``guvectorize`` kernels on disk; two processes compiling them at the same time
+    on a cold cache (a fresh environment) can leave a kernel's two cache files from different
+    processes, and the next process to load them crashes (numba issue #10128). Compiled here
+    first, the cache is whole before any worker starts, and the workers only read it.
+    """
+    noise = np.random.default_rng(0).standard_normal(3 * SAMPLE_RATE).astype(np.float32)
+    gtzan_features(noise)
+
+
 def _worker_pool(n_jobs: int) -> ProcessPoolExecutor:
     """A pool of ``n_jobs`` workers kept for the life of the process.
 
@@ -175,6 +189,7 @@ def _worker_pool(n_jobs: int) -> ProcessPoolExecutor:
     librosa costs seconds each time, so they are started once and reused.
     """
     if n_jobs not in _POOLS:
+        compile_feature_kernels()
         # Forked children of a process whose torch/OpenMP threads already ran can deadlock;
         # fresh "spawn" workers with one thread each avoid that (and oversubscription).
         _POOLS[n_jobs] = ProcessPoolExecutor(max_workers=n_jobs, mp_context=multiprocessing.get_context("spawn"),

@@ -24,6 +24,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from acquire.http import Downloader
+from audio.extract import compile_feature_kernels
 from scoring.jobs import plan_job
 from scoring.tracks import ScoringInputs, load_track_scorer, output_rows, prepare_batch, scoring_inputs
 
@@ -73,6 +74,8 @@ def score_table_ray(input_table: str | Path, model_dir: str | Path, output: str 
     statuses: list[str] = []
     batches = job.batches(batch_size)
     if batches:
+        if job.scorer.audio_model is not None:
+            compile_feature_kernels()  # before the tasks compute features side by side (on this machine's cache)
         ray.init(address=address, num_cpus=num_cpus if address is None else None, include_dashboard=False,
                  ignore_reinit_error=True, log_to_driver=True,
                  logging_level=logging.WARNING)
