@@ -1,5 +1,8 @@
 """The paper's covers-only table (Random Forest, M1–M5 × 3/4/5 classes × protocols) beside its numbers,
-with a source-confound check for every label set."""
+with a source-confound check for every label set.
+
+A training driver: it trains every row of the table through :func:`covers.train.train_covers`, so it
+sits with the training modules (``tests/test_layers.py``); nothing that predicts imports it."""
 from __future__ import annotations
 
 import json
