@@ -16,6 +16,7 @@ import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,8 @@ import soundfile as sf
 import torch
 from tqdm.auto import tqdm
 
-from audio.features import HOP_LENGTH, N_FFT, gtzan_features
+from audio.features import HOP_LENGTH, N_FFT
+from audio.features_torch import GtzanFeatures, gtzan_features_torch
 from audio.io import SAMPLE_RATE, AudioError, check_audio_file, read_audio, take_window
 from audio.mel import MelParams, MelSpectrogram
 from audio.musicnn import SAMPLE_RATE as MUSICNN_SAMPLE_RATE
@@ -37,15 +39,28 @@ from engine.cache import ArrayCache, JsonCache, cache_key
 log = logging.getLogger(__name__)
 
 #: Bump when the feature code changes what it computes, so old cache entries stop matching.
-FEATURES_VERSION = 3
+FEATURES_VERSION = 4
 #: Frames kept of each 3-second log-mel (1 + 66,149 // 512 = 130 computed): the 128×128 input.
 MEL_FRAMES = 128
 
 Outcome = tuple[Any, str]  # (value, flag) or (None, error)
 
 
+@dataclass
+class _DecodedWindow:
+    """A window decoded in a worker whose features the parent computes, batched on its device."""
+
+    y: np.ndarray
+    cache_key: str = ""
+
+
 class _FeatureJob:
-    """The 57 GTZAN features of a window, as a dict (JSON-cached)."""
+    """The 57 GTZAN features of a window, as a dict (JSON-cached), by the torch extractor.
+
+    ``device=None``: each worker computes its windows' features on its CPU core. A device
+    (``"cuda"``; ``"cpu"`` works too): workers only decode, and the parent computes the features
+    of all windows of one length in batches on that device.
+    """
 
     sr = SAMPLE_RATE
     #: Shortest file a model reading this input accepts (set per call from the model's input spec).
@@ -54,8 +69,11 @@ class _FeatureJob:
     cache_class = JsonCache
     params = {"v": FEATURES_VERSION, "sr": SAMPLE_RATE, "n_fft": N_FFT, "hop": HOP_LENGTH}
 
-    def compute(self, y: np.ndarray, sr: int) -> dict[str, float]:
-        return gtzan_features(y, sr)
+    def __init__(self, device: str | None = None) -> None:
+        self.device = device
+
+    def compute(self, y: np.ndarray, sr: int) -> dict[str, float] | _DecodedWindow:
+        return _DecodedWindow(y) if self.device else gtzan_features_torch(y, sr)
 
 
 class _MelJob:
@@ -159,6 +177,10 @@ def _file_job(audio_path: str, segments: tuple[int, ...], cache_dir: str | None,
         except AudioError as error:
             outcomes.append((None, str(error)))
             continue
+        if isinstance(value, _DecodedWindow):  # computed and cached by the parent
+            value.cache_key = key
+            outcomes.append((value, clip.flags))
+            continue
         # Padding flags are kept with feature entries; a padded mel is flagged by its features run.
         if cache:
             cache.put(key, {"value": value, "flag": clip.flags} if isinstance(value, dict) else value)
@@ -171,15 +193,15 @@ _POOLS: dict[int, ProcessPoolExecutor] = {}
 
 @functools.cache
 def compile_feature_kernels() -> None:
-    """Compile librosa's numba kernels in this process, once, before other processes compute features.
+    """Compile the feature code's numba kernels in this process, once, before other processes compute features.
 
-    librosa caches its ``guvectorize`` kernels on disk; two processes compiling them at the same time
+    numba caches compiled kernels on disk; two processes compiling them at the same time
     on a cold cache (a fresh environment) can leave a kernel's two cache files from different
     processes, and the next process to load them crashes (numba issue #10128). Compiled here
     first, the cache is whole before any worker starts, and the workers only read it.
     """
     noise = np.random.default_rng(0).standard_normal(3 * SAMPLE_RATE).astype(np.float32)
-    gtzan_features(noise)
+    gtzan_features_torch(noise)
 
 
 def _worker_pool(n_jobs: int) -> ProcessPoolExecutor:
@@ -195,6 +217,13 @@ def _worker_pool(n_jobs: int) -> ProcessPoolExecutor:
         _POOLS[n_jobs] = ProcessPoolExecutor(max_workers=n_jobs, mp_context=multiprocessing.get_context("spawn"),
                                              initializer=_init_worker, initargs=(os.getpid(),))
     return _POOLS[n_jobs]
+
+
+def start_workers(n_jobs: int) -> None:
+    """Start the kept pool of ``n_jobs`` feature workers now rather than at the first extraction
+    (benchmarks start them before timing: a long scoring job pays their start-up once)."""
+    if n_jobs > 1:
+        _worker_pool(n_jobs)
 
 
 def _init_worker(parent_pid: int) -> None:
@@ -250,6 +279,8 @@ def _run(items: pd.DataFrame, job, cache_dir, n_jobs: int, progress: bool) -> tu
     outcomes: dict[int, Outcome] = {}
     for rows, results in zip(by_file.values(), per_file):
         outcomes.update(zip(rows, results))
+    if isinstance(job, _FeatureJob) and job.device:
+        _compute_decoded_windows(outcomes, job, cache_dir)
     keep, values, problems = [], [], []
     for row in range(len(items)):
         value, note = outcomes[row]
@@ -262,15 +293,48 @@ def _run(items: pd.DataFrame, job, cache_dir, n_jobs: int, progress: bool) -> tu
     return keep, values, problems_frame(problems)
 
 
+#: Windows per batch on a feature device (30-s clips: ~60 MB of GPU memory each).
+DEVICE_BATCH = 32
+
+
+def _compute_decoded_windows(outcomes: dict[int, Outcome], job: _FeatureJob, cache_dir: str | Path | None) -> None:
+    """Replace each decoded window in ``outcomes`` by its features, computed in batches of equal-length
+    windows on ``job.device`` and cached; a batch the extractor refuses (too short) fails each of its windows."""
+    module = GtzanFeatures(job.sr).to(job.device)
+    cache = job.cache_class(cache_dir, job.namespace) if cache_dir else None
+    by_length: dict[int, list[int]] = {}
+    for row, (value, _) in outcomes.items():
+        if isinstance(value, _DecodedWindow):
+            by_length.setdefault(len(value.y), []).append(row)
+    for rows in by_length.values():
+        for start in range(0, len(rows), DEVICE_BATCH):
+            chunk = rows[start:start + DEVICE_BATCH]
+            batch = torch.from_numpy(np.stack([outcomes[row][0].y for row in chunk])).to(job.device)
+            try:
+                values = module(batch).cpu().numpy()
+            except AudioError as error:
+                outcomes.update({row: (None, str(error)) for row in chunk})
+                continue
+            for row, features in zip(chunk, values):
+                window, flag = outcomes[row]
+                value = dict(zip(FEATURE_COLUMNS, features.tolist()))
+                if cache:
+                    cache.put(window.cache_key, {"value": value, "flag": flag})
+                outcomes[row] = (value, flag)
+
+
 def extract_features(items: pd.DataFrame, cache_dir: str | Path | None = None, n_jobs: int = 1,
-                     progress: bool = True, min_seconds: float = 0.0) -> LoadResult:
+                     progress: bool = True, min_seconds: float = 0.0, device: str | None = None) -> LoadResult:
     """Add the 57 GTZAN feature columns to ``items`` (needs ``audio_path``; ``segment`` optional).
 
     Items whose audio is missing, unreadable, corrupt or silent are left out and listed in
     ``problems`` with the reason; windows padded to length keep their row and get a ``flag``.
+    ``device`` (e.g. ``"cuda"``): the ``n_jobs`` workers decode, the features are computed in
+    batches on that device (see :class:`_FeatureJob`); the values are the same either way.
     """
     items = items.reset_index(drop=True)
-    keep, values, problems = _run(items, _with_minimum(_FeatureJob(), min_seconds), cache_dir, n_jobs, progress)
+    keep, values, problems = _run(items, _with_minimum(_FeatureJob(device), min_seconds), cache_dir, n_jobs,
+                                  progress)
     table = items.loc[keep].drop(columns=[c for c in FEATURE_COLUMNS if c in items.columns]).reset_index(drop=True)
     rows = [{**features, "flag": flag} for features, flag in values]
     table = pd.concat([table, pd.DataFrame(rows, columns=[*FEATURE_COLUMNS, "flag"])], axis=1)

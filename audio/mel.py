@@ -35,6 +35,13 @@ class MelParams:
         return asdict(self)
 
 
+def stft(y: torch.Tensor, n_fft: int, hop_length: int, window: torch.Tensor, pad_mode: str) -> torch.Tensor:
+    """Complex STFT ``(batch, 1 + n_fft // 2, 1 + n_samples // hop_length)`` of waveforms ``(batch, n_samples)``:
+    centred frames (``pad_mode`` ``"constant"`` as librosa ≥ 0.10, ``"reflect"`` as before), as ``librosa.stft``."""
+    return torch.stft(y, n_fft=n_fft, hop_length=hop_length, window=window.to(y.dtype), center=True,
+                      pad_mode=pad_mode, return_complex=True)
+
+
 class MelSpectrogram(nn.Module):
     """Waveforms ``(batch, n_samples)`` float → log-mel ``(batch, n_mels, 1 + n_samples // hop_length)`` in dB.
 
@@ -53,9 +60,7 @@ class MelSpectrogram(nn.Module):
         """Mel power spectrogram ``(batch, n_mels, frames)`` (librosa's ``melspectrogram``)."""
         if y.ndim == 1:
             y = y.unsqueeze(0)
-        spec = torch.stft(y, n_fft=self.params.n_fft, hop_length=self.params.hop_length,
-                          window=self.window.to(y.dtype), center=True, pad_mode="constant",
-                          return_complex=True)
+        spec = stft(y, self.params.n_fft, self.params.hop_length, self.window, "constant")
         return self.mel_basis.to(y.dtype) @ spec.abs().pow(2)
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:

@@ -73,7 +73,13 @@ def input_spec(kinds: tuple[str, ...], segments: int | None, features: list[str]
 
 
 def audio_windows(clips: pd.DataFrame, segments: int | None) -> pd.DataFrame:
-    """The windows a model reads: each clip whole, or ``segments`` 3-second segments; ``clip_item_id`` names the clip."""
+    """The windows a model reads: each clip whole, or ``segments`` 3-second segments; ``clip_item_id`` names the clip.
+
+    A table whose rows already are segments (GTZAN's ``features_3_sec.csv``: ``segment`` ≥ 0 and
+    ``clip_id``) is its own windows; scoring cuts audio files into the same 3-second segments.
+    """
+    if segments and "segment" in clips.columns and len(clips) and (clips["segment"] >= 0).all():
+        return clips.assign(clip_item_id=clips["clip_id"]).reset_index(drop=True)
     if segments:
         return segment_items(clips, segments)
     return clips.assign(clip_item_id=clips["item_id"]).reset_index(drop=True)
@@ -88,12 +94,13 @@ def needs_audio_files(kinds: tuple[str, ...], items: pd.DataFrame, features: lis
 def audio_inputs(items: pd.DataFrame, kinds: tuple[str, ...], cache_dir: str | Path | None, n_jobs: int = 1,
                  progress: bool = True, mel: MelParams = MelParams(), mel_frames: int = MEL_FRAMES,
                  features: list[str] | None = None, musicnn: list[str] | None = None,
-                 min_seconds: float = 0.0) -> AudioInputs:
+                 min_seconds: float = 0.0, feature_device: str | None = None) -> AudioInputs:
     """Features and/or log-mels of each window.
 
     ``features`` (default: the 57 GTZAN features) are read from the item table when it has those
     columns (a feature table, a catalogue's descriptors), else computed from the audio when they
-    are GTZAN features (all 57 or some). Windows whose audio fails, or whose feature cells are empty or not numbers, are
+    are GTZAN features (all 57 or some; computed in batches on ``feature_device`` when given, see
+    :func:`audio.extract.extract_features`). Windows whose audio fails, or whose feature cells are empty or not numbers, are
     dropped and listed in ``problems``.
     """
     items = items.reset_index(drop=True)
@@ -104,7 +111,7 @@ def audio_inputs(items: pd.DataFrame, kinds: tuple[str, ...], cache_dir: str | P
         if not set(features) <= set(FEATURE_COLUMNS):
             raise ValueError(f"the audio model reads the table columns {features}; the table lacks {missing}")
         extracted = extract_features(items, cache_dir=cache_dir, n_jobs=n_jobs, progress=progress,
-                                     min_seconds=min_seconds)
+                                     min_seconds=min_seconds, device=feature_device)
         items, problems = extracted.items, [extracted.problems]
     if "features" in kinds:
         values = items[features].apply(pd.to_numeric, errors="coerce")
@@ -194,7 +201,7 @@ class ClipInputs:
 
 
 def clip_inputs(spec: dict[str, Any], clips: pd.DataFrame, cache_dir: str | Path | None = None, n_jobs: int = 1,
-                progress: bool = False) -> ClipInputs:
+                progress: bool = False, feature_device: str | None = None) -> ClipInputs:
     """Clips (``item_id``, ``audio_path``) → the inputs a model of input record ``spec`` (:func:`input_spec`) reads.
 
     Needs no network weights (musicnn inputs excepted: they are musicnn's outputs), so it can run
@@ -203,7 +210,8 @@ def clip_inputs(spec: dict[str, Any], clips: pd.DataFrame, cache_dir: str | Path
     windows = audio_windows(clips.assign(segment=-1), spec.get("segments"))
     inputs = audio_inputs(windows, tuple(spec["kinds"]), cache_dir, n_jobs=n_jobs, progress=progress,
                           mel=MelParams(**spec["mel"]), mel_frames=spec["mel_frames"], features=spec.get("features"),
-                          musicnn=spec.get("musicnn"), min_seconds=spec.get("min_seconds", 0.0))
+                          musicnn=spec.get("musicnn"), min_seconds=spec.get("min_seconds", 0.0),
+                          feature_device=feature_device)
     return ClipInputs(windows, inputs)
 
 

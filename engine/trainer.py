@@ -47,6 +47,10 @@ class TrainerConfig:
     seed: int = 42
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
     amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
+    #: the model and its image batches in channels-last memory layout (faster convolutions on GPUs)
+    channels_last: bool = False
+    #: ``torch.compile`` the model for the training passes (validation and saved weights stay uncompiled)
+    compile: bool = False
     num_workers: int = 0
     progress: bool = True
     #: fastai's fine-tuning habits (a model that has ``layer_groups()``, input first, head last):
@@ -220,6 +224,8 @@ def _run_epoch(model, loader, criterion, device, config, optimizer=None, desc=""
                 break
             waited += time.perf_counter() - tic
             inputs, targets = to_device(inputs, device), targets.to(device)
+            if config.channels_last and isinstance(inputs, torch.Tensor) and inputs.ndim == 4:
+                inputs = inputs.contiguous(memory_format=torch.channels_last)
             with autocast(device, config.amp):
                 logits = model(inputs)
             loss_sum = criterion(logits.float(), targets)
@@ -319,7 +325,7 @@ def fit(
     if writes:
         run_dir.mkdir(parents=True, exist_ok=True)
     device = distributed.local_device(resolve_device(config.device))
-    model.to(device)
+    model.to(device, memory_format=torch.channels_last if config.channels_last else torch.contiguous_format)
     trained = model
     if distributed.is_distributed():
         # Same initial weights everywhere (DDP also broadcasts rank 0's), then per-process dropout
@@ -328,6 +334,8 @@ def fit(
         _share_batchnorm_statistics(model, config, device)
         trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                           find_unused_parameters=config.freeze_epochs > 0)
+    if config.compile:
+        trained = torch.compile(trained)
     weights = torch.tensor(config.class_weights, dtype=torch.float32, device=device) if config.class_weights else None
     criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=config.label_smoothing, reduction="sum")
     optimizer = _build_optimizer(model, config)

@@ -20,6 +20,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from acquire.http import Downloader
+from engine.inference import resolve_device
 from scoring.tables import ScoresWriter, open_scores, parse_shard, read_track_table, resolve_ids, write_csv_copy
 from scoring.tracks import TrackScorer, load_track_scorer, output_columns, output_rows, prepare_batch, scoring_inputs
 
@@ -83,16 +84,19 @@ def score_table(input_table: str | Path, model_dir: str | Path, output: str | Pa
     """Score this shard's rows of ``input_table`` into ``output`` (``.csv``, or ``.parquet``), here, one batch
     after another, resuming after rows already written.
 
-    ``n_jobs`` processes extract audio features; ``cache_dir`` caches them (nothing is cached without it).
+    ``n_jobs`` processes extract audio features (on a GPU ``device`` they decode, and the features are
+    computed there in batches); ``cache_dir`` caches them (nothing is cached without it).
     ``also_csv`` writes a Parquet output's CSV copy beside it. Returns the job's summary.
     """
     job = plan_job(input_table, model_dir, output, shard, catalogue, download_dir, batch_size)
     spec, downloader = scoring_inputs(job.scorer), Downloader(job.download_dir)
     cache = str(cache_dir) if cache_dir else None
+    resolved = resolve_device(device)
+    feature_device = str(resolved) if resolved.type == "cuda" else None
     start = time.perf_counter()
     statuses: list[str] = []
     for rows in tqdm(job.batches(batch_size), desc=f"score shard {job.shard}", unit="batch", disable=not progress):
-        out = output_rows(job.scorer, prepare_batch(spec, rows, downloader, cache, n_jobs), device)
+        out = output_rows(job.scorer, prepare_batch(spec, rows, downloader, cache, n_jobs, feature_device), device)
         job.writer.write(out)
         statuses += out["status"].tolist()
     return job.finish(statuses, time.perf_counter() - start, also_csv)

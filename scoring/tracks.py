@@ -157,11 +157,12 @@ class AudioBatch:
     clips: ClipInputs | None
 
 
-def prepare_audio(spec: dict[str, Any], paths: list[str], cache_dir: str | None, n_jobs: int = 1) -> AudioBatch:
+def prepare_audio(spec: dict[str, Any], paths: list[str], cache_dir: str | None, n_jobs: int = 1,
+                  feature_device: str | None = None) -> AudioBatch:
     errors, wanted = _usable(paths)
     unique = sorted({paths[i] for i in wanted})
-    clips = clip_inputs(spec, pd.DataFrame({"item_id": unique, "audio_path": unique}), cache_dir, n_jobs) \
-        if unique else None
+    clips = clip_inputs(spec, pd.DataFrame({"item_id": unique, "audio_path": unique}), cache_dir, n_jobs,
+                        feature_device=feature_device) if unique else None
     return AudioBatch(errors, paths, clips)
 
 
@@ -176,13 +177,14 @@ class PreparedBatch:
 
 
 def prepare_batch(spec: ScoringInputs, rows: pd.DataFrame, downloader: Downloader, cache_dir: str | None,
-                  n_jobs: int = 1) -> PreparedBatch:
-    """Fetch the rows' files and compute what the models read (decoded covers, audio windows' inputs)."""
+                  n_jobs: int = 1, feature_device: str | None = None) -> PreparedBatch:
+    """Fetch the rows' files and compute what the models read (decoded covers, audio windows' inputs);
+    ``feature_device``: GTZAN features in batches there, the ``n_jobs`` workers only decoding."""
     files = fetch_files(rows, spec.modalities, downloader)
     covers = prepare_covers(spec.cover_size, [c if not e else "" for c, _, e in files], cache_dir) \
         if spec.cover_size else None
-    audio = prepare_audio(spec.audio_spec, [a if not e else "" for _, a, e in files], cache_dir, n_jobs) \
-        if spec.audio_spec else None
+    audio = prepare_audio(spec.audio_spec, [a if not e else "" for _, a, e in files], cache_dir, n_jobs,
+                          feature_device) if spec.audio_spec else None
     return PreparedBatch(rows[["row", "track_id", "item_id"]].reset_index(drop=True), files, covers, audio)
 
 

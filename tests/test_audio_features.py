@@ -82,18 +82,20 @@ def test_running_median_equals_scipy():
 def test_bad_audio_is_reported_per_item(tmp_path, data_root):
     sf.write(tmp_path / "silent.wav", np.zeros(22050, dtype=np.float32), 22050)
     sf.write(tmp_path / "short.wav", 0.1 * np.sin(np.arange(40000) / 5).astype(np.float32), 22050)
+    sf.write(tmp_path / "tiny.wav", 0.1 * np.sin(np.arange(500) / 5).astype(np.float32), 22050)
     (tmp_path / "text.ogg").write_text("not audio")
     items = pd.DataFrame({
-        "item_id": ["corrupt", "silent", "missing", "text", "short", "past_end"],
+        "item_id": ["corrupt", "silent", "missing", "text", "short", "past_end", "tiny"],
         "audio_path": [str(data_root / "gtzan/audio/jazz/jazz.00054.wav"), str(tmp_path / "silent.wav"),
                        str(tmp_path / "nope.wav"), str(tmp_path / "text.ogg"), str(tmp_path / "short.wav"),
-                       str(tmp_path / "short.wav")],
-        "segment": [-1, -1, -1, -1, 0, 1],
+                       str(tmp_path / "short.wav"), str(tmp_path / "tiny.wav")],
+        "segment": [-1, -1, -1, -1, 0, 1, -1],
     })
     result = extract_features(items, progress=False)
     reasons = dict(zip(result.problems["item_id"], result.problems["reason"]))
     assert reasons["corrupt"].startswith("unreadable audio") and reasons["silent"].startswith("silent audio")
     assert reasons["missing"].startswith("missing file") and reasons["text"].startswith("unreadable audio")
+    assert reasons["tiny"].startswith("too short for the GTZAN features: 500 samples")
     assert result.items["item_id"].tolist() == ["short"]
     assert result.items["flag"].item() == "padded 26149 samples"
     assert "mostly past the end" in reasons["past_end"] or reasons["past_end"].startswith("empty audio")
@@ -153,3 +155,61 @@ def test_worker_pool_is_kept_between_calls_and_a_dead_worker_costs_only_a_retry(
     _, again = extract.extract_log_mels(items, n_jobs=2, progress=False)  # retried on fresh workers
     assert extract._worker_pool(2) is not pool
     np.testing.assert_array_equal(again, first)
+
+
+def test_torch_features_equal_the_reference_extractor_clip_by_clip_and_in_a_batch(lossless_items, data_root):
+    """The torch path against the librosa-based reference on real clips, one of them half silent
+    (frames whose HPSS masks and normalisations take their all-zero branches), one whose tempo
+    depends on the tempogram's window (8 s = 344 frames, not the tempogram's default 384); a batch
+    gives each clip's row as computed alone."""
+    import torch
+
+    from audio.features import gtzan_features
+    from audio.features_torch import GtzanFeatures
+
+    paths = [*lossless_items["audio_path"].iloc[[0, 4, 7]], data_root / "gtzan/audio/metal/metal.00001.ogg"]
+    clips = [load_audio(path).y for path in paths]
+    n = min(len(y) for y in clips)
+    clips = [y[:n] for y in clips]
+    clips[2] = np.concatenate([clips[2][: n // 2], np.zeros(n - n // 2, np.float32)])
+    module = GtzanFeatures()
+    batch = module(torch.from_numpy(np.stack(clips))).numpy()
+    for y, row in zip(clips, batch):
+        alone = module(torch.from_numpy(y))[0].numpy()
+        np.testing.assert_allclose(row, alone, rtol=1e-5, atol=1e-12)
+        reference = gtzan_features(y)
+        for column, value in zip(FEATURE_COLUMNS, row):
+            if column == "tempo":
+                assert value == reference[column]
+            else:
+                assert value == pytest.approx(reference[column], rel=1e-3, abs=1e-9), column
+
+
+def test_unfolded_median_equals_the_running_median():
+    """The GPU's median filter (every window unfolded) against the CPU's running window, on CPU tensors."""
+    import torch
+
+    from audio.features_torch import running_median, unfolded_median
+
+    x = torch.from_numpy(np.random.default_rng(1).random((2, 60, 80)).astype(np.float32) ** 3)
+    x[:, :, 10:25] = 0.0  # ties
+    for dim in (-1, -2):
+        assert torch.equal(unfolded_median(x, 31, dim), running_median(x, 31, dim))
+
+
+def test_features_batched_on_a_device_equal_the_workers_and_are_cached(lossless_items, tmp_path):
+    """The GPU scoring path run on the CPU: workers decode, the parent computes windows of one length
+    in batches; the same values and failures as the workers' own features, and the same cache."""
+    sf.write(tmp_path / "tiny.wav", 0.1 * np.sin(np.arange(600) / 5).astype(np.float32), 22050)
+    items = pd.concat([lossless_items.iloc[:3].assign(segment=-1),
+                       lossless_items.iloc[:2].assign(segment=4),
+                       pd.DataFrame({"item_id": ["tiny"], "audio_path": [str(tmp_path / "tiny.wav")], "segment": [-1]})],
+                      ignore_index=True)
+    on_workers = extract_features(items, n_jobs=2, progress=False)
+    batched = extract_features(items, cache_dir=tmp_path / "cache", n_jobs=2, progress=False, device="cpu")
+    pd.testing.assert_frame_equal(batched.items, on_workers.items, rtol=1e-5)
+    assert batched.problems["reason"].tolist() == on_workers.problems["reason"].tolist()
+    assert batched.problems["item_id"].tolist() == ["tiny"]
+    assert len(list((tmp_path / "cache").rglob("*.json"))) == 5
+    again = extract_features(items, cache_dir=tmp_path / "cache", progress=False, device="cpu")
+    pd.testing.assert_frame_equal(again.items, batched.items)

@@ -229,3 +229,24 @@ def test_global_batches_in_one_process_are_a_shuffled_dataloaders_batches():
     # One epoch: the trainer seeds a new generator per epoch (RandomSampler draws a second, empty
     # permutation at the end of each pass, so a reused generator would part ways after the first).
     assert [b[0].tolist() for b in ours] == [b[0].tolist() for b in reference]
+
+
+def test_channels_last_trains_the_same_model_in_the_other_memory_layout(tmp_path):
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 96)
+    x = rng.normal(0, 1, (96, 3, 12, 12)).astype(np.float32) + y[:, None, None, None].astype(np.float32)
+    images = TensorDataset(torch.tensor(x), torch.tensor(y))
+
+    def conv_model():
+        seed_everything(0)
+        return nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
+
+    default, last = conv_model(), conv_model()
+    fit(default, images, images, _config(max_epochs=3, optimizer="sgd", lr=0.05), tmp_path / "default")
+    fit(last, images, images, _config(max_epochs=3, optimizer="sgd", lr=0.05, channels_last=True), tmp_path / "last")
+    assert last[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert not default[0].weight.is_contiguous(memory_format=torch.channels_last)
+    for key, value in default.state_dict().items():
+        torch.testing.assert_close(last.state_dict()[key], value, rtol=1e-4, atol=1e-5)
+    histories = [pd.read_csv(tmp_path / name / "history.csv").drop(columns=TIMINGS) for name in ("default", "last")]
+    pd.testing.assert_frame_equal(*histories, rtol=1e-4)
