@@ -223,7 +223,13 @@ def start_workers(n_jobs: int) -> None:
     """Start the kept pool of ``n_jobs`` feature workers now rather than at the first extraction
     (benchmarks start them before timing: a long scoring job pays their start-up once)."""
     if n_jobs > 1:
-        _worker_pool(n_jobs)
+        # The executor spawns a process per task submitted while none is idle: n_jobs tasks at once
+        # start them all, and waiting for their answers waits for their imports.
+        list(_worker_pool(n_jobs).map(_worker_pid, range(n_jobs)))
+
+
+def _worker_pid(_: int) -> int:
+    return os.getpid()
 
 
 def _init_worker(parent_pid: int) -> None:
