@@ -53,15 +53,16 @@ def machine_info() -> dict[str, Any]:
 
 
 def _git_commit() -> str | None:
-    """The checkout's short commit, ``+changes`` when tracked files differ from it (the numbers were
-    then measured on code that commit does not hold); None outside a git checkout."""
+    """The checkout's short commit, ``+changes`` when tracked files other than benchmark results differ
+    from it (the numbers were then measured on code that commit does not hold); None outside git."""
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], capture_output=True, text=True, cwd=Path(__file__).parent,
                               timeout=5).stdout.strip()
 
     try:
         commit = git("rev-parse", "--short", "HEAD")
-        return (commit + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")) or None
+        return (commit + ("+changes" if git("status", "--porcelain", "--untracked-files=no", "--", ":(top)",
+                                                   ":(top,exclude)benchmarks/results") else "")) or None
     except (OSError, subprocess.SubprocessError):
         return None
 
