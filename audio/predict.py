@@ -73,13 +73,7 @@ def input_spec(kinds: tuple[str, ...], segments: int | None, features: list[str]
 
 
 def audio_windows(clips: pd.DataFrame, segments: int | None) -> pd.DataFrame:
-    """The windows a model reads: each clip whole, or ``segments`` 3-second segments; ``clip_item_id`` names the clip.
-
-    A table whose rows already are segments (GTZAN's ``features_3_sec.csv``: ``segment`` ≥ 0 and
-    ``clip_id``) is its own windows; scoring cuts audio files into the same 3-second segments.
-    """
-    if segments and "segment" in clips.columns and len(clips) and (clips["segment"] >= 0).all():
-        return clips.assign(clip_item_id=clips["clip_id"]).reset_index(drop=True)
+    """The windows a model reads: each clip whole, or ``segments`` 3-second segments; ``clip_item_id`` names the clip."""
     if segments:
         return segment_items(clips, segments)
     return clips.assign(clip_item_id=clips["item_id"]).reset_index(drop=True)

@@ -123,29 +123,3 @@ def test_a_misspelt_split_key_is_a_clear_error_naming_the_known_ones(tmp_path):
     assert result.returncode == 2 and "unknown key(s) ['tset_fraction']" in result.stderr
     assert "test_fraction" in result.stderr and "Traceback" not in result.stderr
 
-
-def test_feature_mlp_on_gtzan_segment_rows_scores_each_clip_by_the_mean_of_its_segments(tmp_path, data_root):
-    """audio=feature_mlp_segments trains on features_3_sec.csv's rows; each held-out clip's probabilities
-    are the mean of the checkpoint's probabilities over that clip's segment rows (recomputed here)."""
-    import numpy as np
-    import pandas as pd
-    import torch
-
-    from audio.predict import load_audio_model
-    from data.gtzan import FEATURE_COLUMNS
-
-    _, run_dir = _run_main(tmp_path, "branches=[audio]", "audio=feature_mlp_segments", "audio.trainer.max_epochs=3")
-    predictions = pd.read_csv(run_dir / "audio" / "predictions.csv")
-    assert not predictions["item_id"].duplicated().any()
-    assert predictions["item_id"].str.fullmatch(r"[a-z]+\.\d{5}").all()  # clips, not segments
-    model, _ = load_audio_model(run_dir / "audio" / "checkpoint.pt")
-    assert model.segments == 10
-    table = pd.read_csv(data_root / "gtzan" / "features_3_sec.csv")
-    table["clip"] = table["filename"].str.rsplit(".", n=2).str[0]
-    test = predictions[predictions["split"] == "test"].head(20)
-    rows = table[table["clip"].isin(test["item_id"])]
-    with torch.no_grad():
-        proba = torch.softmax(model.network(torch.tensor(rows[FEATURE_COLUMNS].to_numpy(np.float32))), 1).numpy()
-    expected = pd.DataFrame(proba, index=rows["clip"].to_numpy()).groupby(level=0).mean().loc[test["item_id"]]
-    columns = [f"p_{label}" for label in model.labels]
-    np.testing.assert_allclose(test[columns].to_numpy(), expected.to_numpy(), atol=1e-5)
