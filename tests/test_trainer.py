@@ -250,3 +250,14 @@ def test_channels_last_trains_the_same_model_in_the_other_memory_layout(tmp_path
         torch.testing.assert_close(last.state_dict()[key], value, rtol=1e-4, atol=1e-5)
     histories = [pd.read_csv(tmp_path / name / "history.csv").drop(columns=TIMINGS) for name in ("default", "last")]
     pd.testing.assert_frame_equal(*histories, rtol=1e-4)
+
+
+def test_every_trainer_option_can_be_set_from_the_command_line():
+    """Each TrainerConfig field is in conf/trainer/paper.yaml, so `trainer.<field>=…` needs no `+`."""
+    from dataclasses import fields
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    paper = OmegaConf.load(Path(__file__).resolve().parent.parent / "conf" / "trainer" / "paper.yaml")
+    assert set(paper.keys()) == {field.name for field in fields(TrainerConfig)}
