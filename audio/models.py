@@ -106,8 +106,11 @@ def feature_columns(model_cfg: dict[str, Any]) -> list[str]:
 
 
 def _feature_mlp(model_cfg: dict[str, Any], labels: Sequence[str]) -> FeatureMLP:
-    return FeatureMLP(len(feature_columns(model_cfg)), len(labels),
-                      hidden=list(model_cfg.get("hidden", (256, 128, 64))), dropout=model_cfg.get("dropout", 0.3))
+    columns = feature_columns(model_cfg)
+    # model.log_variances: the frame-variance columns (``*_var``) enter on a log scale.
+    log_columns = [i for i, name in enumerate(columns) if name.endswith("_var")] if model_cfg.get("log_variances") else []
+    return FeatureMLP(len(columns), len(labels), hidden=list(model_cfg.get("hidden", (256, 128, 64))),
+                      dropout=model_cfg.get("dropout", 0.3), log_columns=log_columns)
 
 
 def _mel_cnn(model_cfg: dict[str, Any], labels: Sequence[str]) -> MelCNN:

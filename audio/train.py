@@ -16,7 +16,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from audio.feature_mlp import FeatureMLP
+from audio.feature_mlp import FeatureMLP, log_columns
 from audio.models import HybridNet, build_audio_model, feature_columns, model_kind
 from audio.predict import (AudioInputs, AudioModel, audio_inputs, audio_windows, input_spec, needs_audio_files,
                            predict_audio_inputs)
@@ -96,26 +96,34 @@ def train_audio(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         if n_segments:
             raise ValueError("audio.reference=logreg compares per-clip feature models; drop it for segment models")
         test_clips = (clips["split"] == "test").to_numpy()
+        log_mask = (mlp.log_mask.cpu().numpy() if isinstance(mlp, FeatureMLP)
+                    else np.zeros(train.arrays[kinds[0]].shape[1], dtype=bool))
         metrics["reference_logreg"] = _logreg_reference(train, test, kinds[0], labels, run_dir, card, config.seed,
-                                                        clip_proba[test_clips].argmax(1))
+                                                        clip_proba[test_clips].argmax(1), log_mask)
         add_to_metrics(run_dir, reference_logreg=metrics["reference_logreg"])
     return metrics
 
 
 def _logreg_reference(train: AudioInputs, test: AudioInputs, kind: str, labels: list[str], run_dir: Path,
-                      card: dict[str, Any], seed: int, model_predictions: np.ndarray) -> dict[str, Any]:
-    """scikit-learn's standardised logistic regression on the same vector input (``kind``) and test items."""
+                      card: dict[str, Any], seed: int, model_predictions: np.ndarray,
+                      log_mask: np.ndarray) -> dict[str, Any]:
+    """scikit-learn's standardised logistic regression on the same vector input (``kind``) and test items,
+    with the columns the model reads on a log scale (``log_mask``) on that scale too."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+    from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
-    estimator = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000))
+    steps = [StandardScaler(), LogisticRegression(max_iter=5000)]
+    title = "reference: scikit-learn logistic regression"
+    if log_mask.any():
+        steps.insert(0, FunctionTransformer(log_columns, kw_args={"mask": log_mask}))
+        title += " · variances on a log scale"
     reference, proba = fit_estimator_and_report(
-        estimator, train.arrays[kind], train.items["y"].to_numpy(), test.items, test.arrays[kind],
-        labels, run_dir / "reference_logreg", title=f"reference: scikit-learn logistic regression · split "
-        f"{card['split_name']}", card=card, seed=seed, predictions=False,
+        make_pipeline(*steps), train.arrays[kind], train.items["y"].to_numpy(), test.items, test.arrays[kind],
+        labels, run_dir / "reference_logreg", title=f"{title} · split {card['split_name']}", card=card, seed=seed,
+        predictions=False,
     )
-    summary = {k: reference[k] for k in ("n", "accuracy", "ci95")}
+    summary = {**{k: reference[k] for k in ("n", "accuracy", "ci95")}, "log_columns": int(log_mask.sum())}
     summary["model_minus_reference"] = paired_accuracy_difference(test.items["y"], model_predictions,
                                                                   proba.argmax(1), seed=seed)
     return summary

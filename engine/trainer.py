@@ -43,6 +43,9 @@ class TrainerConfig:
     class_weights: Sequence[float] | None = None
     max_epochs: int = 50
     patience: int = 5
+    #: what "best" means for the kept checkpoint and for early stopping: "val_loss" (lowest, the
+    #: paper's) or "val_acc" (highest; the first epoch that reaches it).
+    monitor: str = "val_loss"
     batch_size: int = 32
     seed: int = 42
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
@@ -73,6 +76,8 @@ class TrainerConfig:
             raise ValueError(f"trainer.optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
         if self.scheduler not in ("cosine", "none"):
             raise ValueError(f"trainer.scheduler must be 'cosine' or 'none', got {self.scheduler!r}")
+        if self.monitor not in ("val_loss", "val_acc"):
+            raise ValueError(f"trainer.monitor must be 'val_loss' or 'val_acc', got {self.monitor!r}")
         if self.batchnorm not in ("train", "frozen"):
             raise ValueError(f"trainer.batchnorm must be 'train' or 'frozen', got {self.batchnorm!r}")
         if self.max_epochs < 1 or self.patience < 1 or self.batch_size < 1:
@@ -309,7 +314,8 @@ def fit(
     metadata: dict[str, Any] | None = None,
     resume: bool = True,
 ) -> FitResult:
-    """Train ``model`` with early stopping on validation loss; the best weights end up in ``model``.
+    """Train ``model`` with early stopping on validation loss (or accuracy: ``config.monitor``); the best
+    weights end up in ``model``.
 
     Writes into ``run_dir``: ``history.csv`` (one row per epoch), ``checkpoint.pt`` (best
     state dict + ``metadata`` such as the label list and config) and ``last.pt`` (everything
@@ -343,13 +349,16 @@ def fit(
         torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.max_epochs)
         if config.scheduler == "cosine" else None
     )
-    state = {"epoch": 0, "best_val_loss": math.inf, "best_epoch": 0, "bad_epochs": 0, "history": []}
+    # best_score: the monitored quantity, lower is better (minus the accuracy for "val_acc").
+    state = {"epoch": 0, "best_score": math.inf, "best_val_loss": math.inf, "best_epoch": 0, "bad_epochs": 0,
+             "history": []}
     best_state = copy.deepcopy(model.state_dict())
     resume_path = run_dir / RESUME_CHECKPOINT
     saved = distributed.broadcast_object(read_checkpoint(resume_path) if resume and writes and resume_path.is_file()
                                          else None)
     if saved is not None:
-        if _resumable(saved["config"]) != _resumable(asdict(config)):
+        # A setting added since that file was written had its default then.
+        if _resumable({**asdict(TrainerConfig()), **saved["config"]}) != _resumable(asdict(config)):
             raise ValueError(f"{resume_path} was written with another trainer config; use a new run folder")
         if len(saved["torch_rng"]) != distributed.world_size():
             raise ValueError(f"{resume_path} was written by {len(saved['torch_rng'])} process(es), this run has "
@@ -359,7 +368,7 @@ def fit(
         if scheduler is not None:
             scheduler.load_state_dict(saved["scheduler_state"])
         best_state = saved["best_state"]
-        state = saved["loop_state"]
+        state = {"best_score": saved["loop_state"]["best_val_loss"], **saved["loop_state"]}
         torch.set_rng_state(saved["torch_rng"][distributed.rank()])
         log.info("resuming %s after epoch %d", run_dir, state["epoch"])
 
@@ -379,9 +388,9 @@ def fit(
         train_loss, train_acc, val_loss, val_acc = train.loss, train.accuracy, val.loss, val.accuracy
         if scheduler is not None:
             scheduler.step()
-        improved = val_loss < state["best_val_loss"]
-        if improved:
-            state.update(best_val_loss=val_loss, best_epoch=epoch, bad_epochs=0)
+        score = val_loss if config.monitor == "val_loss" else -val_acc
+        if score < state["best_score"]:
+            state.update(best_score=score, best_val_loss=val_loss, best_epoch=epoch, bad_epochs=0)
             best_state = copy.deepcopy(model.state_dict())
             if writes:
                 save_checkpoint({"model_state": best_state, "epoch": epoch, "val_loss": val_loss,

@@ -6,9 +6,9 @@ import torch
 from audio.extract import MEL_FRAMES, extract_log_mels
 from audio.io import load_audio
 from audio.mel import MelParams, MelSpectrogram, librosa_log_mel
-from audio.models import HybridNet, MelCNN
+from audio.models import HybridNet, MelCNN, build_audio_model
 from audio.feature_mlp import FeatureMLP
-from data.gtzan import SEGMENT_HOP_SAMPLES, SEGMENT_SAMPLES, segment_items
+from data.gtzan import FEATURE_COLUMNS, SEGMENT_HOP_SAMPLES, SEGMENT_SAMPLES, segment_items
 from engine.inference import mean_by_group
 
 
@@ -93,3 +93,24 @@ def test_audio_models_forward_backward(kind):
     # The hybrid reads its branches' embeddings; their own classifier heads stay unused.
     unused = {id(p) for part in (model.cnn.head, model.mlp.head) for p in part.parameters()} if kind == "hybrid" else set()
     assert all(p.grad is not None for p in model.parameters() if id(p) not in unused)
+
+
+def test_log_variances_read_the_variance_columns_on_a_log_scale():
+    rng = np.random.default_rng(0)
+    x = rng.lognormal(0, 3, (40, len(FEATURE_COLUMNS))).astype(np.float32)
+    variances = [i for i, name in enumerate(FEATURE_COLUMNS) if name.endswith("_var")]
+    x[0, variances[0]] = 0.0  # a silent band: finite on the log scale
+    logged = build_audio_model({"kind": "feature_mlp", "hidden": [8], "log_variances": True}, ["a", "b"])
+    plain = build_audio_model({"kind": "feature_mlp", "hidden": [8]}, ["a", "b"])
+    assert logged.log_mask.nonzero().flatten().tolist() == variances and len(variances) == 28
+    plain.load_state_dict(logged.state_dict())  # same parameters and stored buffers: the log set is config
+    logged.fit_standardiser(x).eval()
+    by_hand = x.astype(np.float64)
+    by_hand[:, variances] = np.log(by_hand[:, variances] + 1e-12)
+    plain.fit_standardiser(by_hand).eval()
+    np.testing.assert_allclose(logged.mean.numpy(), by_hand.mean(0), rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        ours = logged(torch.from_numpy(x))
+        theirs = plain(torch.from_numpy(by_hand.astype(np.float32)))
+    assert torch.isfinite(ours).all()
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)

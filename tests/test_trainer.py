@@ -5,7 +5,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from engine.inference import load_checkpoint, predict_proba
+from engine.inference import load_checkpoint, predict_proba, read_checkpoint, save_checkpoint
 from engine.trainer import TrainerConfig, balanced_class_weights, fit, seed_everything
 
 
@@ -82,10 +82,48 @@ def test_resume_refuses_other_config(tmp_path):
         fit(_model(), _blobs(), _blobs(seed=1), _config(max_epochs=3), tmp_path)
 
 
+def test_resume_from_a_file_written_before_a_setting_existed(tmp_path):
+    # last.pt of a run started before trainer.monitor existed: no such setting, no best_score.
+    fit(_model(), _blobs(), _blobs(seed=1), _config(max_epochs=3, stop_after_epoch=1), tmp_path)
+    record = read_checkpoint(tmp_path / "last.pt")
+    del record["config"]["monitor"], record["loop_state"]["best_score"]
+    save_checkpoint(record, tmp_path / "last.pt")
+    assert fit(_model(), _blobs(), _blobs(seed=1), _config(max_epochs=3), tmp_path).epochs_run == 3
+    with pytest.raises(ValueError, match="another trainer config"):
+        fit(_model(), _blobs(), _blobs(seed=1), _config(max_epochs=3, monitor="val_acc"), tmp_path)
+
+
 def test_early_stopping_stops_and_keeps_best(tmp_path):
     # lr=0 never improves after epoch 1, so patience 2 stops at epoch 3.
     result = fit(_model(), _blobs(), _blobs(seed=1), _config(lr=0.0, patience=2, max_epochs=20), tmp_path)
     assert result.stopped_early and result.epochs_run == 3 and result.best_epoch == 1
+
+
+def _label_noise(seed, share=0.3):
+    """Close blobs with a share of random labels: validation loss and accuracy peak at different epochs."""
+    x, y = _blobs(seed=seed).tensors
+    rng = np.random.default_rng(seed + 10)
+    flipped = rng.random(len(y)) < share
+    y = y.clone()
+    y[flipped] = torch.tensor(rng.integers(0, 3, flipped.sum()))
+    return TensorDataset(x * 0.4, y)
+
+
+def test_monitor_val_acc_keeps_the_first_most_accurate_epoch_and_stops_on_it(tmp_path):
+    by_loss = fit(_model(), _label_noise(0), _label_noise(1), _config(max_epochs=12, patience=12), tmp_path / "loss")
+    model = _model()
+    by_acc = fit(model, _label_noise(0), _label_noise(1), _config(max_epochs=12, patience=3, monitor="val_acc"),
+                 tmp_path / "acc")
+    history = pd.read_csv(tmp_path / "acc" / "history.csv")
+    first_best = int(history["val_acc"].idxmax()) + 1
+    assert by_loss.best_epoch != first_best  # the two criteria disagree on this data
+    assert by_acc.best_epoch == first_best and by_acc.stopped_early and by_acc.epochs_run == first_best + 3
+    assert by_acc.best_val_loss == pytest.approx(history["val_loss"][first_best - 1])
+    record = load_checkpoint(tmp_path / "acc" / "checkpoint.pt")
+    assert record["epoch"] == first_best
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, record["model_state"][name])
+    assert _accuracy(model, _label_noise(1)) == pytest.approx(history["val_acc"].max())
 
 
 def test_class_weights_and_label_smoothing_change_training(tmp_path):
@@ -97,7 +135,7 @@ def test_class_weights_and_label_smoothing_change_training(tmp_path):
     assert plain.best_val_loss != pytest.approx(smoothed.best_val_loss)
 
 
-@pytest.mark.parametrize("bad", [dict(optimizer="adam"), dict(scheduler="step"), dict(max_epochs=0),
+@pytest.mark.parametrize("bad", [dict(optimizer="adam"), dict(scheduler="step"), dict(max_epochs=0), dict(monitor="acc"),
                                  dict(label_smoothing=1.0), dict(batchnorm="sync")])
 def test_bad_trainer_config(bad):
     with pytest.raises(ValueError):
