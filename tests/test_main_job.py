@@ -19,7 +19,8 @@ def _run_main(tmp_path, *overrides, timeout=600):
 
 
 def test_audio_branch_writes_a_complete_run_folder(tmp_path):
-    stdout, run_dir = _run_main(tmp_path, "branches=[audio]", "audio.trainer.max_epochs=30")  # GTZAN audio: its artist-filtered split by default
+    # GTZAN audio: its artist-filtered split by default. Variances on a log scale, for the model and its reference.
+    stdout, run_dir = _run_main(tmp_path, "branches=[audio]", "audio.trainer.max_epochs=30", "audio.model.log_variances=true")
     assert "audio-only (feature_mlp)" in stdout
     audio = run_dir / "audio"
     for name in ("history.csv", "metrics.json", "report.txt", "confusion.png", "checkpoint.pt",
@@ -46,10 +47,25 @@ def test_audio_branch_writes_a_complete_run_folder(tmp_path):
     split = pd.read_csv(metrics["split_file"])
     rows = table.merge(split[["item_id", "split"]], on="item_id")
     rows = rows[rows["label"].replace({"hiphop": "rap"}).isin(metrics["labels"])]
-    train = rows.loc[rows["split"] == "train", FEATURE_COLUMNS].to_numpy(np.float64)
-    np.testing.assert_allclose(state["mean"].numpy(), train.mean(0), rtol=1e-5)
+    variances = [name.endswith("_var") for name in FEATURE_COLUMNS]
+    logged = rows[FEATURE_COLUMNS].to_numpy(np.float64)
+    logged[:, variances] = np.log(logged[:, variances] + 1e-12)
+    train = logged[(rows["split"] == "train").to_numpy()]
+    np.testing.assert_allclose(state["mean"].numpy(), train.mean(0), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(state["scale"].numpy(), train.std(0), rtol=1e-5)
-    assert not np.allclose(state["mean"].numpy(), rows[FEATURE_COLUMNS].to_numpy().mean(0), rtol=1e-3)
+    assert not np.allclose(state["mean"].numpy(), logged.mean(0), rtol=1e-3)
+    # The reference read the same log-scale inputs: scikit-learn refitted here agrees.
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    labels = rows["label"].replace({"hiphop": "rap"}).to_numpy()
+    is_test = (rows["split"] == "test").to_numpy()
+    reference = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000))
+    reference.fit(train, labels[(rows["split"] == "train").to_numpy()])
+    assert metrics["reference_logreg"]["log_columns"] == sum(variances) == 28
+    assert metrics["reference_logreg"]["accuracy"] == pytest.approx(
+        (reference.predict(logged[is_test]) == labels[is_test]).mean(), abs=1.01 / metrics["n"])
     # The printed accuracy is the test rows' of predictions.csv, recomputed here.
     predictions = pd.read_csv(audio / "predictions.csv")
     test = predictions[predictions["split"] == "test"]
