@@ -302,7 +302,8 @@ def _run(items: pd.DataFrame, job, cache_dir, n_jobs: int, progress: bool) -> tu
     return keep, values, problems_frame(problems)
 
 
-#: Windows per batch on a feature device (a 30-s clip's spectra and masks: roughly 100 MB of GPU memory).
+#: Windows per batch on a feature device (a 30-s clip's spectra and masks: roughly 100 MB of GPU memory,
+#: counted from the array sizes, not measured on a GPU).
 DEVICE_BATCH = 32
 
 
