@@ -21,6 +21,7 @@ from audio.models import HybridNet, build_audio_model, feature_columns, model_ki
 from audio.predict import (AudioInputs, AudioModel, audio_inputs, audio_windows, input_spec, needs_audio_files,
                            predict_audio_inputs)
 from data.items import missing_modality
+from data.prepare import PreparedData
 from engine.config import prepare_from_config, trainer_config
 from engine.report import add_to_metrics, paired_accuracy_difference
 from engine.run import fit_estimator_and_report, held_out, report_fixed_model, train_and_report
@@ -40,23 +41,8 @@ def train_audio(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """
     branch = cfg.audio
     model_cfg = OmegaConf.to_container(branch.model, resolve=True)
-    kinds = model_kind(model_cfg).inputs
-    features = feature_columns(model_cfg)
-    prepared = prepare_from_config(cfg, branch, run_dir)
-    n_segments = branch.get("segments")
-    items, no_audio = prepared.items, None
-    if needs_audio_files(kinds, items, features):
-        items, no_audio = missing_modality(items, "audio_path", "audio")
-    musicnn = list(model_cfg.get("musicnn") or [])
-    min_seconds = model_kind(model_cfg).min_seconds
-    inputs = audio_inputs(audio_windows(items, n_segments), kinds, cfg.paths.cache_dir,
-                          n_jobs=branch.get("n_jobs", 1), progress=cfg.trainer.progress, features=features,
-                          musicnn=musicnn, min_seconds=min_seconds)
-    if no_audio is not None and len(no_audio):
-        inputs.problems = pd.concat([no_audio, inputs.problems], ignore_index=True)
-    if len(inputs.problems):
-        inputs.problems.to_csv(run_dir / "input_problems.csv", index=False)
-        log.warning("%d audio items failed (listed in %s)", len(inputs.problems), run_dir / "input_problems.csv")
+    prepared, inputs, spec = audio_branch_inputs(cfg, run_dir)
+    kinds, n_segments = tuple(spec["kinds"]), spec["segments"]
     train, val, test = (inputs.subset((inputs.items["split"] == p).to_numpy()) for p in ("train", "val", "test"))
     labels = prepared.labels
     config = trainer_config(cfg, branch.trainer, train_targets=train.items["y"], n_classes=len(labels))
@@ -65,7 +51,6 @@ def train_audio(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     mlp = network.mlp if isinstance(network, HybridNet) else network
     if isinstance(mlp, FeatureMLP):  # standardised on the training rows of the vector input it reads
         mlp.fit_standardiser(train.arrays["features" if isinstance(network, HybridNet) else kinds[0]])
-    spec = input_spec(kinds, n_segments, features, musicnn, min_seconds)
     card = {"branch": "audio", "model": branch.name, "data": prepared.name, **prepared.describe(),
             "split_name": prepared.split_path.stem, "inputs": spec, "input_problems": len(inputs.problems),
             "class_weights": config.class_weights, "config": OmegaConf.to_container(branch, resolve=True)}
@@ -104,22 +89,55 @@ def train_audio(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     return metrics
 
 
+def audio_branch_inputs(cfg: DictConfig, run_dir: Path) -> tuple[PreparedData, AudioInputs, dict[str, Any]]:
+    """``cfg.audio``'s items and split, the inputs of every window its model reads (cached), and their spec.
+
+    Windows whose audio failed are left out and listed in ``run_dir/input_problems.csv``.
+    """
+    branch = cfg.audio
+    model_cfg = OmegaConf.to_container(branch.model, resolve=True)
+    kind = model_kind(model_cfg)
+    features = feature_columns(model_cfg)
+    musicnn = list(model_cfg.get("musicnn") or [])
+    prepared = prepare_from_config(cfg, branch, run_dir)
+    items, no_audio = prepared.items, None
+    if needs_audio_files(kind.inputs, items, features):
+        items, no_audio = missing_modality(items, "audio_path", "audio")
+    inputs = audio_inputs(audio_windows(items, branch.get("segments")), kind.inputs, cfg.paths.cache_dir,
+                          n_jobs=branch.get("n_jobs", 1), progress=cfg.trainer.progress, features=features,
+                          musicnn=musicnn, min_seconds=kind.min_seconds)
+    if no_audio is not None and len(no_audio):
+        inputs.problems = pd.concat([no_audio, inputs.problems], ignore_index=True)
+    if len(inputs.problems):
+        inputs.problems.to_csv(run_dir / "input_problems.csv", index=False)
+        log.warning("%d audio items failed (listed in %s)", len(inputs.problems), run_dir / "input_problems.csv")
+    return prepared, inputs, input_spec(kind.inputs, branch.get("segments"), features, musicnn, kind.min_seconds)
+
+
+def sklearn_on_model_inputs(estimator: Any, log_mask: np.ndarray) -> Any:
+    """``estimator`` behind the feature MLP's own input steps: the ``log_mask`` columns on a log scale
+    (when any), then standardisation fitted on the training rows."""
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer, StandardScaler
+
+    steps = [StandardScaler(), estimator]
+    if log_mask.any():
+        steps.insert(0, FunctionTransformer(log_columns, kw_args={"mask": log_mask}))
+    return make_pipeline(*steps)
+
+
 def _logreg_reference(train: AudioInputs, test: AudioInputs, kind: str, labels: list[str], run_dir: Path,
                       card: dict[str, Any], seed: int, model_predictions: np.ndarray,
                       log_mask: np.ndarray) -> dict[str, Any]:
     """scikit-learn's standardised logistic regression on the same vector input (``kind``) and test items,
     with the columns the model reads on a log scale (``log_mask``) on that scale too."""
     from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
-    steps = [StandardScaler(), LogisticRegression(max_iter=5000)]
     title = "reference: scikit-learn logistic regression"
     if log_mask.any():
-        steps.insert(0, FunctionTransformer(log_columns, kw_args={"mask": log_mask}))
         title += " · variances on a log scale"
     reference, proba = fit_estimator_and_report(
-        make_pipeline(*steps), train.arrays[kind], train.items["y"].to_numpy(), test.items, test.arrays[kind],
+        sklearn_on_model_inputs(LogisticRegression(max_iter=5000), log_mask), train.arrays[kind], train.items["y"].to_numpy(), test.items, test.arrays[kind],
         labels, run_dir / "reference_logreg", title=f"{title} · split {card['split_name']}", card=card, seed=seed,
         predictions=False,
     )

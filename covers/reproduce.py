@@ -12,30 +12,22 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
 from covers.backbones import create_backbone
 from covers.inputs import backbone_embeddings
 from covers.train import train_covers
-from engine.config import prepare_from_config, register_configs
+from engine.config import compose_config, prepare_from_config
 from engine.inference import RESUME_CHECKPOINT
 from engine.run import fit_estimator_and_report
 
 log = logging.getLogger(__name__)
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 #: Test accuracy the paper reports (ResNet50 M3-style fine-tuning; Random Forest on 3 classes).
 PAPER = {"paper3": {"cnn": 0.74, "random_forest": 0.5057}, "paper4": {"cnn": 0.61}, "paper5": {"cnn": 0.55}}
 #: Label sets whose genres all exist in the Discogs part; the others need Spotify's jazz (mixed sources).
 DISCOGS_ONLY = {"paper3"}
 #: What a finished row leaves behind: its report, and the predictions M4/M5 take class weights from.
 FINISHED_OUTPUTS = ("metrics.json", "predictions.csv")
-
-
-def _config(overrides: list[str]) -> DictConfig:
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("config", overrides=overrides)
 
 
 def _data_overrides(label_set: str) -> list[str]:
@@ -91,17 +83,17 @@ def reproduce(out_dir: Path, label_sets: list[str], protocols: list[str], mode: 
                 "covers.model.pretrained=true"]
 
     def base(label_set: str, protocol: str) -> list[str]:
-        return [f"labels={label_set}", f"split={protocol}", "branches=[covers]", f"paths.root_dir={Path.cwd()}",
+        return [f"labels={label_set}", f"split={protocol}", "branches=[covers]",
                 *_data_overrides(label_set), *(extra_overrides or [])]
 
     # Absent pretrained weights fail here, before the first row, not after the Random Forests have run.
-    model_cfg = _config(base(label_sets[0], protocols[0]) + cnn("M1")).covers.model
+    model_cfg = compose_config(base(label_sets[0], protocols[0]) + cnn("M1")).covers.model
     create_backbone(model_cfg.backbone, pretrained=True, weights_path=model_cfg.weights_path)
     rows = []
     for label_set in label_sets:
         for protocol in protocols:
             cell = out_dir / f"{label_set}-{protocol}"
-            confound = source_confound(_config(base(label_set, protocol)), cell / "confound")
+            confound = source_confound(compose_config(base(label_set, protocol)), cell / "confound")
             models = [("RF", ["covers.mode=random_forest"])] + [(m, cnn(m)) for m in ("M1", "M2", "M3", "M4", "M5")]
             for name, overrides in models:
                 run_dir = cell / name
@@ -111,7 +103,7 @@ def reproduce(out_dir: Path, label_sets: list[str], protocols: list[str], mode: 
                     rows.append({"labels": label_set, "protocol": protocol, "model": name,
                                  "note": "needs covers.mode=finetune (augmentation changes pixels)"})
                     continue
-                cfg = _config(base(label_set, protocol) + overrides)
+                cfg = compose_config(base(label_set, protocol) + overrides)
                 metrics = finished_metrics(run_dir, cfg)
                 reused = metrics is not None
                 if reused:

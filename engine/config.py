@@ -40,6 +40,20 @@ def register_configs() -> None:
                           "aliases": dict(label_set.aliases)})
 
 
+#: The Hydra config folder the entry points compose from.
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+def compose_config(overrides: Sequence[str]) -> DictConfig:
+    """The main job's config with ``overrides``, composed outside ``@hydra.main`` (for drivers that run many
+    configs). ``paths.root_dir`` is the working directory, as under ``@hydra.main``, unless overridden."""
+    from hydra import compose, initialize_config_dir
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("config", overrides=[f"paths.root_dir={Path.cwd()}", *overrides])
+
+
 _SCALARS = {"int": int, "float": float, "bool": bool, "str": str}
 
 

@@ -114,3 +114,58 @@ def test_log_variances_read_the_variance_columns_on_a_log_scale():
         theirs = plain(torch.from_numpy(by_hand.astype(np.float32)))
     assert torch.isfinite(ours).all()
     torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
+
+
+def test_scikit_learn_grid_chooses_on_validation_and_reads_the_branch_inputs(data_root, tmp_path, monkeypatch, capsys):
+    """scripts/audio_sklearn_grid.py: every fit's accuracies, the best mean validation setting chosen per
+    family, its test accuracy and the reference's equal to scikit-learn refitted here on log-scale inputs."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "audio_sklearn_grid.py"
+    spec = importlib.util.spec_from_file_location("audio_sklearn_grid", script)
+    grid_script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(grid_script)
+    monkeypatch.setattr(grid_script, "GRID", {"logreg": [{"C": 0.01}, {"C": 1.0}],
+                                              "mlp": [{"hidden_layer_sizes": (8,), "alpha": 0.1},
+                                                      {"hidden_layer_sizes": (8,), "alpha": 30.0}]})
+    monkeypatch.chdir(tmp_path)  # splits and caches under the working directory, as for the main job
+    out = tmp_path / "grid"
+    assert grid_script.main(["--out", str(out), "--seeds", "1,2", "audio.model.log_variances=true"]) == 0
+    grid = pd.read_csv(out / "grid.csv")
+    assert len(grid) == 2 + 2 * 2 and set(grid.loc[grid["family"] == "mlp", "seed"]) == {1, 2}
+    summary = json.loads((out / "summary.json").read_text())
+    for family in ("logreg", "mlp"):
+        mean_val = grid[grid["family"] == family].groupby("setting", sort=False)["val_accuracy"].mean()
+        chosen = summary["chosen"][family]
+        assert chosen["val_accuracy"] == pytest.approx(mean_val.max())
+        fits = grid[(grid["family"] == family) & (grid["setting"] == json.dumps(chosen["setting"]))]
+        assert [s["test_accuracy"] for s in chosen["per_seed"]] == pytest.approx(fits["test_accuracy"].tolist())
+        assert all((out / f"{family}-s{s['seed']}" / "predictions.csv").is_file() for s in chosen["per_seed"])
+    # The default labels (rap, country, pop) of GTZAN's fault-filtered split, variances on a log scale, by hand.
+    table = pd.read_csv(data_root / "gtzan" / "features_30_sec.csv")
+    table["item_id"] = table["filename"].str.replace(".wav", "", regex=False)
+    table["label"] = table["label"].replace({"hiphop": "rap"})
+    rows = table.merge(pd.read_csv(summary["data"]["split_file"])[["item_id", "split"]], on="item_id")
+    rows = rows[rows["label"].isin(["rap", "country", "pop"])]
+    x = rows[FEATURE_COLUMNS].to_numpy(np.float64)
+    variances = [name.endswith("_var") for name in FEATURE_COLUMNS]
+    x[:, variances] = np.log(x[:, variances] + 1e-12)
+    part = {p: (rows["split"] == p).to_numpy() for p in ("train", "val", "test")}
+    assert summary["n"] == {p: int(m.sum()) for p, m in part.items()}
+    scaler = StandardScaler().fit(x[part["train"]])
+    labels = rows["label"].to_numpy()
+    for c, expected in ((1.0, summary["reference"]["test_accuracy"]),
+                        (summary["chosen"]["logreg"]["setting"]["C"], summary["chosen"]["logreg"]["per_seed"][0]["test_accuracy"])):
+        fitted = LogisticRegression(C=c, max_iter=5000).fit(scaler.transform(x[part["train"]]), labels[part["train"]])
+        assert fitted.score(scaler.transform(x[part["test"]]), labels[part["test"]]) == pytest.approx(expected)
+    minus = summary["chosen"]["logreg"]["per_seed"][0]["minus_reference"]["difference"]
+    assert minus == pytest.approx(summary["chosen"]["logreg"]["per_seed"][0]["test_accuracy"] - summary["reference"]["test_accuracy"])
+    # A model that does not read the per-clip features is refused with the reason.
+    with pytest.raises(SystemExit) as refused:
+        grid_script.main(["--out", str(tmp_path / "mel"), "audio=mel_cnn"])
+    assert refused.value.code == 2 and "compares per-clip feature models" in capsys.readouterr().err
