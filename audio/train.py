@@ -137,9 +137,9 @@ def _logreg_reference(train: AudioInputs, test: AudioInputs, kind: str, labels: 
     if log_mask.any():
         title += " · variances on a log scale"
     reference, proba = fit_estimator_and_report(
-        sklearn_on_model_inputs(LogisticRegression(max_iter=5000), log_mask), train.arrays[kind], train.items["y"].to_numpy(), test.items, test.arrays[kind],
-        labels, run_dir / "reference_logreg", title=f"{title} · split {card['split_name']}", card=card, seed=seed,
-        predictions=False,
+        sklearn_on_model_inputs(LogisticRegression(max_iter=5000), log_mask), train.arrays[kind],
+        train.items["y"].to_numpy(), test.items, test.arrays[kind], labels, run_dir / "reference_logreg",
+        title=f"{title} · split {card['split_name']}", card=card, seed=seed, predictions=False,
     )
     summary = {**{k: reference[k] for k in ("n", "accuracy", "ci95")}, "log_columns": int(log_mask.sum())}
     summary["model_minus_reference"] = paired_accuracy_difference(test.items["y"], model_predictions,

@@ -15,10 +15,12 @@ DEBUG_ENV = "GENREFUSION_DEBUG"
 
 def _user_error(error: BaseException) -> BaseException | None:
     """The innermost error in ``error``'s chain that is about the input or the config, if any."""
+    from hydra.errors import HydraException
     from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, ValidationError
 
+    # HydraException: an override or config group that does not compose (drivers that compose many configs).
     user_types = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, ConfigKeyError,
-                  MissingMandatoryValue, ValidationError)
+                  MissingMandatoryValue, ValidationError, HydraException)
     found, current, seen = None, error, set()
     while current is not None and id(current) not in seen:
         seen.add(id(current))

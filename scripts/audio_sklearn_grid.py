@@ -1,5 +1,6 @@
-"""scikit-learn's logistic regression and MLP on the audio branch's own inputs and split, each chosen on
-validation: is the feature MLP's gap to logistic regression the trainer's, or the model class's?
+"""scikit-learn's logistic regression and MLP, each chosen on validation, on the audio branch's own inputs.
+
+Is the feature MLP's gap to logistic regression the trainer's, or the model class's?
 
 Usage: .venv/bin/python scripts/audio_sklearn_grid.py --out DIR [--seeds 1,2,3] [OVERRIDE ...]
 
@@ -75,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
                          "this grid compares per-clip feature models: use audio=feature_mlp or feature_linear")
     prepared, inputs, spec = audio_branch_inputs(cfg, args.out)
     network = build_audio_model(model_cfg, prepared.labels)
-    log_mask = network.log_mask.cpu().numpy() if isinstance(network, FeatureMLP) else np.zeros(len(spec["features"]), bool)
+    log_mask = (network.log_mask.cpu().numpy() if isinstance(network, FeatureMLP)
+                else np.zeros(len(spec["features"]), dtype=bool))
     parts = {p: inputs.subset((inputs.items["split"] == p).to_numpy()) for p in ("train", "val", "test")}
     empty = [p for p, part in parts.items() if not len(part.items)]
     if empty:
@@ -109,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     reference_metrics, reference_predicted = report(*REFERENCE, args.seeds[0], "reference")
     majority = np.bincount(y["train"], minlength=len(prepared.labels)).argmax()
     summary: dict[str, Any] = {
-        "command": " ".join([".venv/bin/python scripts/audio_sklearn_grid.py", *(sys.argv[1:] if argv is None else argv)]),
+        "command": " ".join([".venv/bin/python scripts/audio_sklearn_grid.py",
+                             *(sys.argv[1:] if argv is None else argv)]),
         "data": card, "n": {p: len(v) for p, v in y.items()},
         "majority_class": {"label": prepared.labels[majority], "test_accuracy": float((y["test"] == majority).mean())},
         "reference": {"family": REFERENCE[0], "setting": REFERENCE[1], "test_accuracy": reference_metrics["accuracy"],
@@ -124,12 +127,14 @@ def main(argv: list[str] | None = None) -> int:
         per_seed = []
         for seed in fits["seed"]:
             metrics, predicted = report(family, setting, int(seed), f"{family}-s{seed}")
-            per_seed.append({"seed": int(seed), "test_accuracy": metrics["accuracy"], "ci95": metrics["ci95"]["accuracy"],
+            per_seed.append({"seed": int(seed), "test_accuracy": metrics["accuracy"],
+                             "ci95": metrics["ci95"]["accuracy"],
                              "minus_reference": paired_accuracy_difference(y["test"], predicted, reference_predicted,
                                                                            seed=int(seed))})
         tests = [s["test_accuracy"] for s in per_seed]
         summary["chosen"][family] = {"setting": setting, "val_accuracy": float(mean_val[family][setting_text]),
-                                     "test_accuracy_mean": float(np.mean(tests)), "test_accuracy_std": float(np.std(tests)),
+                                     "test_accuracy_mean": float(np.mean(tests)),
+                                     "test_accuracy_std": float(np.std(tests)),
                                      "per_seed": per_seed}
         log.info("%s chosen on validation: %s (val %.3f) → test %.3f ± %.3f", family, setting,
                  mean_val[family][setting_text], np.mean(tests), np.std(tests))

@@ -159,13 +159,17 @@ def test_scikit_learn_grid_chooses_on_validation_and_reads_the_branch_inputs(dat
     assert summary["n"] == {p: int(m.sum()) for p, m in part.items()}
     scaler = StandardScaler().fit(x[part["train"]])
     labels = rows["label"].to_numpy()
+    chosen_logreg = summary["chosen"]["logreg"]["per_seed"][0]
     for c, expected in ((1.0, summary["reference"]["test_accuracy"]),
-                        (summary["chosen"]["logreg"]["setting"]["C"], summary["chosen"]["logreg"]["per_seed"][0]["test_accuracy"])):
+                        (summary["chosen"]["logreg"]["setting"]["C"], chosen_logreg["test_accuracy"])):
         fitted = LogisticRegression(C=c, max_iter=5000).fit(scaler.transform(x[part["train"]]), labels[part["train"]])
         assert fitted.score(scaler.transform(x[part["test"]]), labels[part["test"]]) == pytest.approx(expected)
-    minus = summary["chosen"]["logreg"]["per_seed"][0]["minus_reference"]["difference"]
-    assert minus == pytest.approx(summary["chosen"]["logreg"]["per_seed"][0]["test_accuracy"] - summary["reference"]["test_accuracy"])
+    assert chosen_logreg["minus_reference"]["difference"] == pytest.approx(
+        chosen_logreg["test_accuracy"] - summary["reference"]["test_accuracy"])
     # A model that does not read the per-clip features is refused with the reason.
     with pytest.raises(SystemExit) as refused:
         grid_script.main(["--out", str(tmp_path / "mel"), "audio=mel_cnn"])
     assert refused.value.code == 2 and "compares per-clip feature models" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as refused:  # a config that does not compose: one line, not a traceback
+        grid_script.main(["--out", str(tmp_path / "bad"), "audio=no_such_model"])
+    assert refused.value.code == 2 and "no_such_model" in capsys.readouterr().err.splitlines()[0]
