@@ -66,6 +66,27 @@ def test_kfold_split_tests_every_item_once_and_no_group_straddles(covers_loaded)
     assert split["fold"].value_counts().min() > 0.1 * len(split)
 
 
+def test_cross_fitting_inside_gtzans_artist_filtered_split_is_refused_before_any_training(tmp_path):
+    # GTZAN's groups are clips; inner folds of its artist-filtered training part would share artists.
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "run.py"), f"paths.root_dir={tmp_path}", "trainer.progress=false",
+         "fusion.fit_on=crossfit", f"hydra.run.dir={tmp_path / 'run'}"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "fault_filtered" in result.stderr and "share artists" in result.stderr
+    assert not list(tmp_path.rglob("*.csv"))  # refused before any split was made or branch trained
+
+    # The inner folds themselves refuse too (a driver that sets inner_fold without scripts/run.py's check).
+    from engine.config import branch_split_spec, compose_config
+
+    cfg = compose_config([f"paths.root_dir={tmp_path}", "fusion.fit_on=crossfit"])
+    OmegaConf.set_struct(cfg, False)
+    cfg.inner_fold = {"fold": 0, "folds": 5}
+    with pytest.raises(ValueError, match="share artists"):
+        branch_split_spec(cfg, cfg.audio)
+    branch_split_spec(cfg, cfg.covers)  # the covers' own group split admits inner folds
+
+
 #: Outer folds of the k-fold run and inner folds of its cross-fitting: with 2 of either, this small
 #: table leaves a part too few artists to hold out a validation set (a clear error, not a run).
 FOLDS, INNER_FOLDS = 3, 3
