@@ -36,7 +36,8 @@ def compare_modalities(run_dir: str | Path, y: np.ndarray, p_cover: np.ndarray, 
                        names: tuple[str, str] = ("image-only", "audio-only"), groups: Sequence[str] | None = None,
                        seed: int = 0, context: dict[str, Any] | None = None, notes: Sequence[str] = (),
                        item_ids: Sequence[str] | None = None,
-                       extra_rows: dict[str, np.ndarray] | None = None) -> dict[str, dict[str, Any]]:
+                       extra_rows: dict[str, np.ndarray] | None = None,
+                       groups_are: str = "album/artist groups") -> dict[str, dict[str, Any]]:
     """Compare the branches and the fused model on the items (rows) that have both modalities.
 
     ``y`` and the ``(n, k)`` probabilities are of every item to report on (e.g. every test item);
@@ -44,6 +45,7 @@ def compare_modalities(run_dir: str | Path, y: np.ndarray, p_cover: np.ndarray, 
     A one-branch model (every row of the other modality NaN) gets the majority class and that
     branch. ``extra_rows`` (other fused probabilities of the same items, e.g. another head) come
     before the fused row. The last row (fused, or the one branch) is tested against each other row.
+    With ``groups``, intervals also resample whole groups (``groups_are`` names them in the report).
     Each probabilistic row also gets its log-loss and expected calibration error, and
     ``reliability_pairing-<mode>.png`` draws their reliability diagrams.
     Writes ``metrics_pairing-<mode>.json``, ``comparison_pairing-<mode>.md``, ``report.txt``,
@@ -100,8 +102,8 @@ def compare_modalities(run_dir: str | Path, y: np.ndarray, p_cover: np.ndarray, 
                                                      f"ECE {rows[f'{name} · {tag}']['ece']:.3f}"
                                                      for name in probabilities), ""]
     if groups_both is not None:
-        lines.append(f"Intervals resampling the {rows[next(iter(rows))]['n_groups']} album/artist groups instead of "
-                     "items (tracks of one group are not independent):")
+        lines.append(f"Intervals resampling the {rows[next(iter(rows))]['n_groups']} {groups_are} instead of "
+                     "items (items of one group are not independent):")
         lines += [f"- {name}: accuracy [{m['ci95_by_group']['accuracy'][0]:.3f}, "
                   f"{m['ci95_by_group']['accuracy'][1]:.3f}]" for name, m in rows.items()]
         lines.append("")

@@ -1,5 +1,6 @@
 """k-fold cross-validation summary: each fold's comparison, mean ± std over folds, and the pooled
-out-of-fold predictions (every item tested once) with one interval."""
+out-of-fold predictions (every item tested once; synthetic pairs reuse the audio branch's test clips)
+with one interval."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -26,14 +27,17 @@ def pool_folds(run_dir: str | Path, fold_dirs: Sequence[Path], fold_rows: Sequen
         raise ValueError("an item was tested in two folds: the folds overlap")
     stacked = {name: np.concatenate([p[name] for p in probabilities]) for name in probabilities[0]}
     names = list(stacked)  # image-only, audio-only, any other fused rows, the fused row
+    if pairing == "real":
+        groups, groups_are = items["group"].to_numpy(), "album/artist groups"
+    else:  # every fold pairs its covers with the same audio test clips: pairs of one clip are not independent
+        groups, groups_are = _audio_clip_of(items["item_id"], fold_dirs), "audio clips (each recurs across folds)"
     pooled = compare_modalities(run_dir / "pooled", items["y"].to_numpy(), stacked[names[0]], stacked[names[1]],
                                 stacked[names[-1]], labels, pairing, names[-1], names=(names[0], names[1]),
                                 extra_rows={name: stacked[name] for name in names[2:-1]},
-                                groups=items["group"].to_numpy() if pairing == "real" else None, seed=seed,
+                                groups=groups, groups_are=groups_are, seed=seed,
                                 item_ids=items["item_id"].to_numpy(),
                                 context={"folds": len(fold_dirs), "pooled": "out-of-fold test items of every fold"},
-                                notes=[f"Pooled over {len(fold_dirs)} folds: every item was tested once, by the "
-                                       "models of the fold that held it out."])
+                                notes=[_pooled_note(len(fold_dirs), pairing)])
     per_fold = [{_kind(name): m for name, m in rows.items()} for rows in fold_rows]
     summary = {kind: {metric: {"mean": float(np.mean([f[kind][metric] for f in per_fold])),
                                "std": float(np.std([f[kind][metric] for f in per_fold], ddof=1)),
@@ -53,6 +57,26 @@ def pool_folds(run_dir: str | Path, fold_dirs: Sequence[Path], fold_rows: Sequen
               f"{pairing}.md"]
     write_text_atomic(run_dir / "folds.md", "\n".join(lines) + "\n")
     return pooled
+
+
+def _pooled_note(folds: int, pairing: str) -> str:
+    if pairing == "real":
+        return f"Pooled over {folds} folds: every item was tested once, by the models of the fold that held it out."
+    # Without a paired catalogue only the covers are split into folds; the audio branch keeps its own split.
+    return (f"Pooled over {folds} folds of synthetic pairs: each fold pairs the covers it held out with the audio "
+            "branch's own test clips of the same genre, so an audio clip recurs across folds and not every cover "
+            "is paired; the intervals that resample audio clips are the ones to read.")
+
+
+def _audio_clip_of(item_ids: pd.Series, fold_dirs: Sequence[Path]) -> np.ndarray:
+    """The audio item of each synthetic pair, from the folds' ``pairs_pairing-synthetic.csv``."""
+    pairs = pd.concat([pd.read_csv(Path(d) / "pairs_pairing-synthetic.csv", dtype=str, keep_default_na=False)
+                       for d in fold_dirs], ignore_index=True)
+    audio_of = dict(zip(pairs["fused_id"], pairs["audio_item_id"]))
+    missing = sorted(set(item_ids) - set(audio_of))
+    if missing:
+        raise ValueError(f"{len(missing)} pooled pair(s) are not in the folds' pairs files, e.g. {missing[:3]}")
+    return item_ids.map(audio_of).to_numpy()
 
 
 def _kind(row_name: str) -> str:

@@ -87,6 +87,37 @@ def test_cross_fitting_inside_gtzans_artist_filtered_split_is_refused_before_any
     branch_split_spec(cfg, cfg.covers)  # the covers' own group split admits inner folds
 
 
+def test_pooled_synthetic_folds_resample_the_audio_clips_that_recur_across_folds(tmp_path):
+    from fusion.compare import compare_modalities
+    from fusion.folds import pool_folds
+
+    rng = np.random.default_rng(0)
+    labels, clips = ["a", "b"], [f"clip{j}" for j in range(12)]
+    y_clip = np.arange(12) % 2
+    # Both folds pair their own 12 held-out covers with the same 12 audio clips (as GTZAN's own split does).
+    audio = np.eye(2)[np.where(rng.random(12) < 0.7, y_clip, 1 - y_clip)] * 0.8 + 0.1
+    fold_dirs, fold_rows = [], []
+    for fold in range(2):
+        pairs = pd.DataFrame({"fused_id": [f"cover{fold}-{j}+{c}" for j, c in enumerate(clips)],
+                              "audio_item_id": clips, "cover_item_id": [f"cover{fold}-{j}" for j in range(12)]})
+        folder = tmp_path / f"fold-{fold}"
+        folder.mkdir()
+        pairs.to_csv(folder / "pairs_pairing-synthetic.csv", index=False)
+        cover = rng.dirichlet([1, 1], size=12)
+        fold_dirs.append(folder)
+        fold_rows.append(compare_modalities(folder, y_clip, cover, audio, (cover + audio) / 2, labels, "synthetic",
+                                            "fused (mean)", item_ids=pairs["fused_id"]))
+    pooled = pool_folds(tmp_path, fold_dirs, fold_rows, labels, "synthetic")
+    audio_row = next(m for name, m in pooled.items() if name.startswith("audio-only"))
+    assert audio_row["n"] == 24 and audio_row["n_groups"] == 12  # 24 pairs, 12 clips resampled whole
+    report = (tmp_path / "pooled" / "comparison_pairing-synthetic.md").read_text()
+    assert "Intervals resampling the 12 audio clips" in report and "recurs across folds" in report
+
+    (fold_dirs[1] / "pairs_pairing-synthetic.csv").write_text("fused_id,audio_item_id,cover_item_id\n")
+    with pytest.raises(ValueError, match="not in the folds' pairs files"):
+        pool_folds(tmp_path, fold_dirs, fold_rows, labels, "synthetic")
+
+
 #: Outer folds of the k-fold run and inner folds of its cross-fitting: with 2 of either, this small
 #: table leaves a part too few artists to hold out a validation set (a clear error, not a run).
 FOLDS, INNER_FOLDS = 3, 3
