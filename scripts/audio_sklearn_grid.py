@@ -58,11 +58,16 @@ def _seeds_of(family: str, seeds: list[int]) -> list[int]:
     return seeds if family == "mlp" else seeds[:1]  # lbfgs logistic regression does not depend on a seed
 
 
+def _seed_list(text: str) -> list[int]:
+    """``1,2,3`` → ``[1, 2, 3]`` (argparse names this function in its message when the text is not that)."""
+    return [int(value) for value in text.split(",")]
+
+
 @report_user_errors
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--seeds", type=lambda text: [int(v) for v in text.split(",")], default=[1, 2, 3],
+    parser.add_argument("--seeds", type=_seed_list, default=[1, 2, 3],
                         help="MLP seeds, comma-separated (default 1,2,3)")
     parser.add_argument("overrides", nargs="*", help="main-job overrides (labels=…, audio.model.…)")
     args = parser.parse_args(argv)
