@@ -181,6 +181,11 @@ def load_or_make_split(items: pd.DataFrame, spec: SplitSpec, path: str | Path, l
         log.info("reusing split %s", path)
         return split
     split = make_split(items, spec)
+    singletons = bool(split["group"].is_unique)
+    if singletons and spec.protocol in ("group", "kfold"):
+        log.warning("every item is its own group (no two items share an md5, release, album or artist id): the %s "
+                    "split at %s keeps no more apart than a random one, so one artist can sit on both sides "
+                    "(GTZAN's artist-filtered split: split=fault_filtered)", spec.protocol, path)
     if spec.protocol != "random":
         for column in split_columns(split):
             leaks = straddling_groups(split, column)
@@ -194,6 +199,7 @@ def load_or_make_split(items: pd.DataFrame, spec: SplitSpec, path: str | Path, l
         "label_set": list(label_set),
         "counts": split_counts(split.rename(columns={first: "split"})).to_dict(orient="index"),
         "straddling_groups": len(straddling_groups(split, first)),
+        "every_item_its_own_group": singletons,
     }
     write_json(meta_path, meta)
     log.info("saved split %s", path)

@@ -1,3 +1,5 @@
+import json
+
 import pandas as pd
 import pytest
 
@@ -46,13 +48,16 @@ def test_random_split_is_seeded_and_stratified(gtzan30):
     assert (a[a["split"] == "test"].groupby("label").size() == 20).all()
 
 
-def test_segments_split_by_parent_clip(data_root):
+def test_segments_split_by_parent_clip(data_root, tmp_path, caplog):
     from data.gtzan import load_gtzan_features
 
     items = load_gtzan_features(data_root / "gtzan" / "features_3_sec.csv").items
-    split = make_split(items, SplitSpec(protocol="group", seed=1))
+    split = load_or_make_split(items, SplitSpec(protocol="group", seed=1), tmp_path / "s.csv",
+                                ["classical", "jazz", "rock"])
     assert straddling_groups(split) == []
     assert split.groupby("group")["item_id"].size().max() == 10
+    assert json.loads((tmp_path / "s.json").read_text())["every_item_its_own_group"] is False
+    assert "its own group" not in caplog.text
 
 
 def test_predefined_split(gtzan30, data_root):
@@ -61,12 +66,15 @@ def test_predefined_split(gtzan30, data_root):
     assert split["split"].value_counts().to_dict() == {"train": 443, "test": 290, "val": 197}
 
 
-def test_split_saved_reused_and_guarded(tmp_path, gtzan30):
+def test_split_saved_reused_and_guarded(tmp_path, gtzan30, caplog):
     items, _ = apply_label_set(gtzan30.items, ["rap", "country", "pop"])
     path = tmp_path / "s.csv"
     spec = SplitSpec(protocol="group", seed=5)
     first = load_or_make_split(items, spec, path, ["rap", "country", "pop"])
     assert path.is_file() and path.with_suffix(".json").is_file()
+    # GTZAN's groups are its clips: a group split of it is said to be no better than a random one.
+    assert json.loads(path.with_suffix(".json").read_text())["every_item_its_own_group"] is True
+    assert "every item is its own group" in caplog.text
     again = load_or_make_split(items, SplitSpec(protocol="group", seed=99), path, ["rap", "country", "pop"])
     assert again["split"].tolist() == first["split"].tolist()  # saved split wins, not re-made
     with pytest.raises(ValueError, match="other items"):
