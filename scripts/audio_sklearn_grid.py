@@ -2,14 +2,16 @@
 
 Is the feature MLP's gap to logistic regression the trainer's, or the model class's?
 
-Usage: .venv/bin/python scripts/audio_sklearn_grid.py --out DIR [--seeds 1,2,3] [OVERRIDE ...]
+Usage: .venv/bin/python scripts/audio_sklearn_grid.py --out DIR [--seeds 1,2,3] [--choose-by val_log_loss]
+       [OVERRIDE ...]
 
 OVERRIDEs are the main job's (``labels=gtzan10 audio.model.log_variances=true`` …): the items, split
 and inputs (log-scale columns included) are the ones ``scripts/run.py branches=[audio]`` with the same
 overrides trains on. Every setting of :data:`GRID` is fitted on the train part (MLPs once per seed);
-in each family the setting with the best mean validation accuracy is chosen, and its test accuracy
-is reported per seed, paired against the reference (logistic regression with C = 1, the audio
-branch's ``reference_logreg``). Writes ``DIR/grid.csv`` (every fit's validation and test accuracy),
+in each family the setting with the best mean validation accuracy (or, ``--choose-by val_log_loss``,
+the lowest mean validation log-loss) is chosen, and its test accuracy is reported per seed, paired against the reference (logistic regression with C = 1, the audio
+branch's ``reference_logreg``). Writes ``DIR/grid.csv`` (every fit's validation accuracy and log-loss,
+and test accuracy),
 a report folder per chosen fit (``DIR/<family>-s<seed>/``) and for the reference
 (``DIR/reference/``), each with the test items' ``predictions.csv`` (``scripts/compare_runs.py`` pairs
 them with a trained model's run) and ``DIR/summary.json``.
@@ -35,6 +37,7 @@ from engine.config import compose_config
 from engine.io import write_json
 from engine.report import paired_accuracy_difference
 from engine.run import fit_estimator_and_report, machine_info
+from fusion.calibration import log_loss
 
 log = logging.getLogger("genrefusion")
 #: Settings per family. C is scikit-learn's inverse penalty; alpha its MLP's L2 penalty.
@@ -43,6 +46,8 @@ GRID: dict[str, list[dict[str, Any]]] = {
     "mlp": [{"hidden_layer_sizes": h, "alpha": a} for h in ((64,), (256,), (256, 128)) for a in (0.01, 0.1, 1.0, 10.0)],
 }
 REFERENCE = ("logreg", {"C": 1.0})
+#: Validation criteria a setting can be chosen by, and whether higher is better.
+CRITERIA = {"val_accuracy": True, "val_log_loss": False}
 
 
 def _estimator(family: str, setting: dict[str, Any], seed: int) -> Any:
@@ -52,6 +57,13 @@ def _estimator(family: str, setting: dict[str, Any], seed: int) -> Any:
     if family == "logreg":
         return LogisticRegression(max_iter=5000, **setting)
     return MLPClassifier(max_iter=2000, random_state=seed, **setting)
+
+
+def _all_class_proba(model: Any, x: np.ndarray, n_classes: int) -> np.ndarray:
+    """``(n, n_classes)`` probabilities, a zero column for any class the train part lacks."""
+    proba = np.zeros((len(x), n_classes))
+    proba[:, model.classes_] = model.predict_proba(x)
+    return proba
 
 
 def _seeds_of(family: str, seeds: list[int]) -> list[int]:
@@ -69,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seeds", type=_seed_list, default=[1, 2, 3],
                         help="MLP seeds, comma-separated (default 1,2,3)")
+    parser.add_argument("--choose-by", choices=list(CRITERIA), default="val_accuracy",
+                        help="the validation criterion each family's setting is chosen by (default val_accuracy)")
     parser.add_argument("overrides", nargs="*", help="main-job overrides (labels=…, audio.model.…)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -97,9 +111,11 @@ def main(argv: list[str] | None = None) -> int:
             for seed in _seeds_of(family, args.seeds):
                 model = sklearn_on_model_inputs(_estimator(family, setting, seed), log_mask).fit(x["train"], y["train"])
                 rows.append({"family": family, "setting": json.dumps(setting), "seed": seed,
-                             **{f"{p}_accuracy": float((model.predict(x[p]) == y[p]).mean()) for p in ("val", "test")}})
-                log.info("%s %s seed %d: val %.3f, test %.3f", family, setting, seed, rows[-1]["val_accuracy"],
-                         rows[-1]["test_accuracy"])
+                             **{f"{p}_accuracy": float((model.predict(x[p]) == y[p]).mean()) for p in ("val", "test")},
+                             "val_log_loss": log_loss(_all_class_proba(model, x["val"], len(prepared.labels)),
+                                                      y["val"])})
+                log.info("%s %s seed %d: val %.3f (log-loss %.3f), test %.3f", family, setting, seed,
+                         rows[-1]["val_accuracy"], rows[-1]["val_log_loss"], rows[-1]["test_accuracy"])
     grid = pd.DataFrame(rows)
     grid.to_csv(args.out / "grid.csv", index=False)
 
@@ -124,9 +140,11 @@ def main(argv: list[str] | None = None) -> int:
                       "ci95": reference_metrics["ci95"]["accuracy"]},
         "chosen": {}, "machine": machine_info(),
     }
-    mean_val = grid.groupby(["family", "setting"], sort=False)["val_accuracy"].mean()
+    summary["chosen_by"] = args.choose_by
+    mean_val = grid.groupby(["family", "setting"], sort=False)[args.choose_by].mean()
     for family in GRID:
-        setting_text = mean_val[family].idxmax()  # first of equals, in grid order
+        best = mean_val[family].idxmax if CRITERIA[args.choose_by] else mean_val[family].idxmin
+        setting_text = best()  # first of equals, in grid order
         setting = json.loads(setting_text)
         fits = grid[(grid["family"] == family) & (grid["setting"] == setting_text)]
         per_seed = []
@@ -137,11 +155,11 @@ def main(argv: list[str] | None = None) -> int:
                              "minus_reference": paired_accuracy_difference(y["test"], predicted, reference_predicted,
                                                                            seed=int(seed))})
         tests = [s["test_accuracy"] for s in per_seed]
-        summary["chosen"][family] = {"setting": setting, "val_accuracy": float(mean_val[family][setting_text]),
+        summary["chosen"][family] = {"setting": setting, args.choose_by: float(mean_val[family][setting_text]),
                                      "test_accuracy_mean": float(np.mean(tests)),
                                      "test_accuracy_std": float(np.std(tests)),
                                      "per_seed": per_seed}
-        log.info("%s chosen on validation: %s (val %.3f) → test %.3f ± %.3f", family, setting,
+        log.info("%s chosen on validation: %s (%s %.3f) → test %.3f ± %.3f", family, setting, args.choose_by,
                  mean_val[family][setting_text], np.mean(tests), np.std(tests))
     write_json(args.out / "summary.json", summary)
     log.info("written %s", args.out / "summary.json")

@@ -166,6 +166,20 @@ def test_scikit_learn_grid_chooses_on_validation_and_reads_the_branch_inputs(dat
         assert fitted.score(scaler.transform(x[part["test"]]), labels[part["test"]]) == pytest.approx(expected)
     assert chosen_logreg["minus_reference"]["difference"] == pytest.approx(
         chosen_logreg["test_accuracy"] - summary["reference"]["test_accuracy"])
+    # The validation log-loss the grid records is scikit-learn's, and --choose-by takes its lowest mean.
+    from sklearn.metrics import log_loss
+
+    fitted = LogisticRegression(C=0.01, max_iter=5000).fit(scaler.transform(x[part["train"]]), labels[part["train"]])
+    by_hand = log_loss(labels[part["val"]], fitted.predict_proba(scaler.transform(x[part["val"]])),
+                       labels=fitted.classes_)
+    assert grid.loc[grid["setting"] == json.dumps({"C": 0.01}), "val_log_loss"].item() == pytest.approx(by_hand)
+    assert grid_script.main(["--out", str(out), "--seeds", "1,2", "--choose-by", "val_log_loss",
+                             "audio.model.log_variances=true"]) == 0
+    by_loss = json.loads((out / "summary.json").read_text())
+    assert by_loss["chosen_by"] == "val_log_loss"
+    for family in ("logreg", "mlp"):
+        mean_loss = grid[grid["family"] == family].groupby("setting", sort=False)["val_log_loss"].mean()
+        assert by_loss["chosen"][family]["setting"] == json.loads(mean_loss.idxmin())
     # A model that does not read the per-clip features is refused with the reason.
     with pytest.raises(SystemExit) as refused:
         grid_script.main(["--out", str(tmp_path / "mel"), "audio=mel_cnn"])
