@@ -12,8 +12,9 @@ in each family the setting with the best mean validation accuracy (or, ``--choos
 the lowest mean validation log-loss) is chosen, and its test accuracy is reported per seed, paired
 against the reference (logistic regression with C = 1, the audio branch's ``reference_logreg``).
 Writes ``DIR/grid.csv`` (every fit's validation accuracy and log-loss, and test accuracy), a report
-folder per chosen fit (``DIR/<family>-s<seed>/``) and for the reference (``DIR/reference/``), each with the test items' ``predictions.csv`` (``scripts/compare_runs.py`` pairs
-them with a trained model's run) and ``DIR/summary.json``.
+folder per chosen fit (``DIR/<family>-s<seed>/``) and for the reference (``DIR/reference/``), each
+with the test items' ``predictions.csv`` (``scripts/compare_runs.py`` pairs them with a trained
+model's run) and ``DIR/summary.json``.
 """
 from __future__ import annotations
 
