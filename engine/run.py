@@ -143,6 +143,14 @@ def report_fixed_model(model: nn.Module, run_dir: str | Path, labels: Sequence[s
                            extra={"training": "none (zero-shot)", **extra})
 
 
+def all_class_proba(estimator: Any, x: np.ndarray, n_classes: int) -> np.ndarray:
+    """A fitted scikit-learn classifier's ``(n, n_classes)`` probabilities of ``x``, with a zero column for
+    a class absent from its training targets (targets are class indices 0 … n_classes − 1)."""
+    proba = np.zeros((len(x), n_classes))
+    proba[:, estimator.classes_] = estimator.predict_proba(x)
+    return proba
+
+
 def fit_estimator_and_report(estimator: Any, x_train: np.ndarray, y_train: np.ndarray, held: pd.DataFrame,
                              x_held: np.ndarray, labels: Sequence[str], run_dir: str | Path, title: str,
                              card: dict[str, Any], seed: int = 0,
@@ -160,8 +168,7 @@ def fit_estimator_and_report(estimator: Any, x_train: np.ndarray, y_train: np.nd
     started = time.perf_counter()
     estimator.fit(x_train, y_train)
     seconds = time.perf_counter() - started
-    proba = np.zeros((len(x_held), len(labels)))
-    proba[:, estimator.classes_] = estimator.predict_proba(x_held)
+    proba = all_class_proba(estimator, x_held, len(labels))
     metrics = report_held_out(run_dir, held, proba, labels, title, {**card, "estimator": repr(estimator)}, seed=seed,
                               extra={"training": {"seconds": round(seconds, 2)}}, predictions=predictions)
     joblib.dump(estimator, run_dir / "model.joblib")

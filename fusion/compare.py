@@ -128,6 +128,8 @@ def compare_modalities(run_dir: str | Path, y: np.ndarray, p_cover: np.ndarray, 
 
 
 COMPARISON_ITEMS = "comparison_items.csv"
+#: The fused items of a run (one row per item: its cover and audio item ids, split, label), by pairing.
+PAIRS_FILE = "pairs_pairing-{pairing}.csv"
 SEPARATOR = " | "
 
 

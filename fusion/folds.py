@@ -12,7 +12,7 @@ import pandas as pd
 
 from engine.io import write_json, write_text_atomic
 from engine.report import HEADLINE
-from fusion.compare import compare_modalities, read_comparison_items
+from fusion.compare import PAIRS_FILE, compare_modalities, read_comparison_items
 
 
 def pool_folds(run_dir: str | Path, fold_dirs: Sequence[Path], fold_rows: Sequence[dict[str, dict[str, Any]]],
@@ -70,7 +70,7 @@ def _pooled_note(folds: int, pairing: str) -> str:
 
 def _audio_clip_of(item_ids: pd.Series, fold_dirs: Sequence[Path]) -> np.ndarray:
     """The audio item of each synthetic pair, from the folds' ``pairs_pairing-synthetic.csv``."""
-    pairs = pd.concat([pd.read_csv(Path(d) / "pairs_pairing-synthetic.csv", dtype=str, keep_default_na=False)
+    pairs = pd.concat([pd.read_csv(Path(d) / PAIRS_FILE.format(pairing="synthetic"), dtype=str, keep_default_na=False)
                        for d in fold_dirs], ignore_index=True)
     audio_of = dict(zip(pairs["fused_id"], pairs["audio_item_id"]))
     missing = sorted(set(item_ids) - set(audio_of))

@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 
 from engine.predictions import probability_columns, read_predictions, write_predictions
 from fusion.calibration import TemperatureScaling
-from fusion.compare import compare_modalities
+from fusion.compare import PAIRS_FILE, compare_modalities
 from fusion.heads import FUSION_HEAD, both_present, create_fusion_head, fusion_inputs, save_fusion_head, split_inputs
 from fusion.pairing import modality_counts, real_pairs, synthetic_pairs
 
@@ -96,7 +96,7 @@ def run_fusion(cfg: DictConfig, run_dir: Path, covers_dir: Path, audio_dir: Path
     labels = cover_labels
     seed = int(cfg.seed)
     pairs, pairing = make_pairs(covers, audio, cfg.fusion.pairing, seed)
-    pairs.to_csv(run_dir / f"pairs_pairing-{pairing}.csv", index=False)
+    pairs.to_csv(run_dir / PAIRS_FILE.format(pairing=pairing), index=False)
     p_cover, p_audio = _branch_probabilities(pairs, covers, audio, labels)
     y = pairs["y"].to_numpy()
     x = fusion_inputs(p_cover, p_audio)

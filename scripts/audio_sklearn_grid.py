@@ -36,7 +36,7 @@ from engine.cli import report_user_errors
 from engine.config import compose_config
 from engine.io import write_json
 from engine.report import paired_accuracy_difference
-from engine.run import fit_estimator_and_report, machine_info
+from engine.run import all_class_proba, fit_estimator_and_report, machine_info
 from fusion.calibration import log_loss
 
 log = logging.getLogger("genrefusion")
@@ -57,13 +57,6 @@ def _estimator(family: str, setting: dict[str, Any], seed: int) -> Any:
     if family == "logreg":
         return LogisticRegression(max_iter=5000, **setting)
     return MLPClassifier(max_iter=2000, random_state=seed, **setting)
-
-
-def _all_class_proba(model: Any, x: np.ndarray, n_classes: int) -> np.ndarray:
-    """``(n, n_classes)`` probabilities, a zero column for any class the train part lacks."""
-    proba = np.zeros((len(x), n_classes))
-    proba[:, model.classes_] = model.predict_proba(x)
-    return proba
 
 
 def _seeds_of(family: str, seeds: list[int]) -> list[int]:
@@ -112,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
                 model = sklearn_on_model_inputs(_estimator(family, setting, seed), log_mask).fit(x["train"], y["train"])
                 rows.append({"family": family, "setting": json.dumps(setting), "seed": seed,
                              **{f"{p}_accuracy": float((model.predict(x[p]) == y[p]).mean()) for p in ("val", "test")},
-                             "val_log_loss": log_loss(_all_class_proba(model, x["val"], len(prepared.labels)),
+                             "val_log_loss": log_loss(all_class_proba(model, x["val"], len(prepared.labels)),
                                                       y["val"])})
                 log.info("%s %s seed %d: val %.3f (log-loss %.3f), test %.3f", family, setting, seed,
                          rows[-1]["val_accuracy"], rows[-1]["val_log_loss"], rows[-1]["test_accuracy"])
