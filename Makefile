@@ -31,8 +31,12 @@ ablation: $(STAMP) $(WEIGHTS)
 	$(PY) scripts/run.py -m fusion.method=weighted,mean,logreg,mlp seed=1,2,3 trainer.progress=false \
 		hydra.sweep.dir=$$dir $(ARGS) && $(PY) scripts/summarize_sweep.py $$dir
 
+# The suite in TEST_WORKERS processes (pytest-xdist), each taking a whole test file so that a file's
+# shared fixtures are built once, and one math thread each so that the workers do not oversubscribe
+# the cores. TEST_WORKERS=0 runs it in this one process.
+TEST_WORKERS ?= 2
 test: $(STAMP) $(WEIGHTS)
-	$(PY) -m pytest $(ARGS)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(ARGS)
 
 clean:
 	rm -rf $(VENV) outputs multirun artifacts .pytest_cache

@@ -101,6 +101,7 @@ def test_resnet50_weights_path_is_used(tmp_path):
     assert torch.equal(model.net.conv1.weight, reference.conv1.weight)
 
 
+@pytest.mark.slow
 def test_main_job_refuses_pretrained_resnet50_without_weights(tmp_path):
     result = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "run.py"), f"paths.root_dir={tmp_path}", "experiment=covers_m1"],
@@ -155,6 +156,7 @@ def test_random_forest_features_are_deterministic(covers_loaded):
     np.testing.assert_allclose(first[0][:64].sum(), 1.0, rtol=1e-5)  # colour histogram fractions
 
 
+@pytest.mark.slow
 def test_checkpoint_evaluation_reproduces_training_metrics(discogs_covers_csv, bad_covers, tmp_path):
     csv = discogs_covers_csv(tmp_path / "small.csv", 24)
     table = pd.read_csv(csv)
@@ -240,6 +242,7 @@ def test_m4_weights_are_inverse_validation_precision(tmp_path):
     np.testing.assert_allclose(weights, raw / raw.mean())
 
 
+@pytest.mark.slow
 def test_reproduction_table_resumes_and_stops_at_once_without_weights(discogs_covers_csv, tmp_path, monkeypatch):
     from covers.reproduce import format_table, reproduce
 

@@ -109,6 +109,7 @@ def test_wrong_config_key_is_a_clear_error(tmp_path):
     assert result.returncode != 0 and "unknown key(s) ['lrr']" in result.stderr
 
 
+@pytest.mark.slow
 def test_a_run_stopped_after_an_epoch_continues_in_its_folder(tmp_path, discogs_covers_csv):
     """trainer.stop_after_epoch ends a call early; the same hydra.run.dir continues from last.pt to the
     history and model an uninterrupted run gives (its first epochs are kept, not trained again)."""

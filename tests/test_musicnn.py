@@ -101,6 +101,7 @@ def test_port_equals_the_original_package(model, data_root, shared_cache):
     np.testing.assert_allclose(embedding[0].numpy(), expected.sort_values("index")["value"], atol=1e-4)
 
 
+@pytest.mark.slow
 def test_zero_shot_genres_are_far_above_chance_on_gtzan(data_root, shared_cache):
     """Six clips each of classical, jazz and rock, classified by musicnn's tags alone (chance: 1/3)."""
     from audio.predict import AudioModel, predict_audio, input_spec

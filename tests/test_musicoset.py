@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from acquire.musicoset import build_musicoset_items
 from data.musicoset import artist_votes, label_album, load_musicoset_tables, read_tsv_repairing
@@ -90,6 +91,7 @@ def test_tie_without_main_genre_leaves_the_album_unlabelled():
     assert label_album([artist_votes(["drill"], GENRES), artist_votes(["dance pop"], GENRES)], "pop")[0] == "pop"
 
 
+@pytest.mark.slow
 def test_shared_musicoset_build(data_root, tmp_path):
     tables, problems = load_musicoset_tables(data_root / "musicoset")
     assert len(tables["artists"]) == 11518 and len(tables["songs"]) == 20405 and len(problems) == 0

@@ -170,6 +170,7 @@ def test_a_trained_run_scores_a_catalogue_with_a_track_missing_its_audio_by_its_
                                held.loc[common, probabilities].to_numpy(), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_crawl_then_catalogue_then_comparison_against_a_loopback_server(tmp_path, covers_loaded, data_root,
                                                                        shared_cache, loopback):
     """Album items → the crawler (covers by URL, previews by a Deezer-shaped search) → its items.csv as a
