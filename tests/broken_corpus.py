@@ -68,6 +68,9 @@ def build(folder: Path) -> dict[str, str]:
     sf.write(put("audio_dc_offset.wav"), np.full(SR * 12, 0.5, np.float32), SR)
     sf.write(put("audio_5ms.wav"), tone[: SR // 200], SR)
     sf.write(put("audio_1s.wav"), tone[:SR], SR)
+    non_finite = tone.copy()
+    non_finite[SR:2 * SR] = np.nan  # a float WAV can store NaN; a decoder passes it on
+    sf.write(put("audio_nan.wav"), non_finite, SR, subtype="FLOAT")
     sf.write(put("audio_12s_tone.wav"), tone, SR)  # a usable clip, for the rows beside the broken ones
     buffer = io.BytesIO()
     sf.write(buffer, tone, SR, format="MP3")

@@ -53,7 +53,7 @@ def test_sixteen_bit_grey_and_exif_rotated_covers_decode_as_seen(corpus):
     ("audio_device", "not a regular file"), ("audio_long_name", "path too long"),
     ("audio_dc_offset", "silent audio.*constant offset"), ("audio_5ms", "too short for this model"),
     ("audio_1s", "too short for this model"), ("audio_truncated", "unreadable audio|too short"),
-    ("audio_garbage", "unreadable audio"),
+    ("audio_garbage", "unreadable audio"), ("audio_nan", "corrupt audio.*non-finite samples"),
 ])
 def test_bad_audio_files_are_refused_with_their_reason(corpus, name, reason):
     from audio.extract import extract_features
