@@ -159,7 +159,7 @@ def input_file_problem(path: str | os.PathLike, max_bytes: int) -> str | None:
 
     An input must be a regular file (not a folder, a device such as ``/dev/zero`` or a pipe, which
     could be read forever), not empty and at most ``max_bytes`` long; a path the file system
-    refuses (too long, not a folder on the way) is a reason, never an exception.
+    refuses (too long, not a folder on the way, a NUL character) is a reason, never an exception.
     """
     text = os.fspath(path)
     try:
@@ -172,6 +172,8 @@ def input_file_problem(path: str | os.PathLike, max_bytes: int) -> str | None:
         if error.errno == errno.ENOTDIR:
             return f"missing file: {text} (a folder on its path is a file)"
         return f"unreadable path: {text[:200]}: {error.strerror}"
+    except ValueError:  # raised before the file system is asked: no file name can hold a NUL character
+        return f"unreadable path: {text[:200]!r} holds a NUL character"
     if not stat.S_ISREG(info.st_mode):
         return f"not a regular file: {text}"
     if info.st_size == 0:

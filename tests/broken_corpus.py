@@ -62,6 +62,7 @@ def build(folder: Path) -> dict[str, str]:
     cases["cover_device"] = "/dev/zero"
     cases["cover_long_name"] = str(folder / f"{LONG_NAME}.jpg")
     cases["cover_long_path"] = str(folder / "/".join(["d" * 200] * 25) / "cover.jpg")
+    cases["cover_nul_path"] = str(folder / "cover\x00.jpg")  # a spreadsheet cell can hold one; a path cannot
 
     # audio
     tone = 0.3 * np.sin(2 * np.pi * 440 * np.arange(SR * 12) / SR).astype(np.float32)
@@ -78,6 +79,7 @@ def build(folder: Path) -> dict[str, str]:
     put("audio_garbage.mp3", b"ID3" + bytes(range(256)) * 16)
     cases["audio_device"] = "/dev/zero"
     cases["audio_long_name"] = str(folder / f"{LONG_NAME}.wav")
+    cases["audio_nul_path"] = str(folder / "audio\x00.wav")
 
     # model files
     put("model_empty.pt", b"")

@@ -31,7 +31,7 @@ def _run(script: str, *args: str, cwd: Path, timeout: int = 300, env: dict | Non
 @pytest.mark.parametrize("name,reason", [
     ("cover_empty", "empty file"), ("cover_text", "not a usable image"), ("cover_folder", "not a regular file"),
     ("cover_device", "not a regular file"), ("cover_long_name", "path too long"),
-    ("cover_long_path", "path too long"),
+    ("cover_long_path", "path too long"), ("cover_nul_path", "NUL character"),
 ])
 def test_bad_cover_files_are_refused_with_their_reason(corpus, name, reason):
     from covers.images import CoverError, load_cover
@@ -54,6 +54,7 @@ def test_sixteen_bit_grey_and_exif_rotated_covers_decode_as_seen(corpus):
     ("audio_dc_offset", "silent audio.*constant offset"), ("audio_5ms", "too short for this model"),
     ("audio_1s", "too short for this model"), ("audio_truncated", "unreadable audio|too short"),
     ("audio_garbage", "unreadable audio"), ("audio_nan", "corrupt audio.*non-finite samples"),
+    ("audio_nul_path", "NUL character"),
 ])
 def test_bad_audio_files_are_refused_with_their_reason(corpus, name, reason):
     from audio.extract import extract_features
@@ -143,6 +144,7 @@ def test_scoring_survives_every_broken_row_and_a_header_only_table(main_job_run,
     assert "constant offset" in scores.loc["audio_dc_offset", "status"]
     assert "not a regular file" in scores.loc["audio_device", "status"]
     assert "path too long" in scores.loc["cover_long_path", "status"]
+    assert "NUL character" in scores.loc["cover_nul_path", "status"] and "\x00" not in scores.to_csv()
     (tmp_path / "empty.csv").write_text("track_id,cover_path\n")
     assert score_table(tmp_path / "empty.csv", run_dir, tmp_path / "empty_scores.csv", progress=False)["rows_in_shard"] == 0
     assert (tmp_path / "empty_scores.csv").read_text().startswith("row,track_id,item_id,status")
