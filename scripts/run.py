@@ -20,7 +20,7 @@ from omegaconf import DictConfig, open_dict
 
 from engine import distributed
 from engine.cli import report_user_errors
-from engine.config import check_crossfit_possible, register_configs
+from engine.config import check_crossfit_possible, register_configs, split_spec
 
 register_configs()
 log = logging.getLogger("genrefusion")
@@ -39,6 +39,7 @@ def main(cfg: DictConfig) -> float:
         raise ValueError(f"branches: unknown {unknown}; known: audio, covers, fusion")
     if "fusion" in cfg.branches and not {"audio", "covers"} <= set(cfg.branches):
         raise ValueError("branches: fusion needs both audio and covers")
+    split_spec(cfg.split)  # now: a k-fold run counts its folds from it before any branch reads it
     if "fusion" in cfg.branches and cfg.fusion.get("fit_on") == "crossfit":
         check_crossfit_possible(cfg)  # now, not after the branches have trained
     if distributed.init_from_environment() and not distributed.is_main_process():

@@ -110,9 +110,11 @@ def test_covers_table_with_a_byte_order_mark_and_a_file_listed_twice_loads(tmp_p
     ("paths.data_root=/nonexistent", "No data root found"),
     ("branches=[]", "branches is empty"),
     ("trainer.max_epochs=abc", "trainer.max_epochs must be int"),
+    ("split=kfold split.folds=abc", "split.folds must be int"),  # the fold loop reads it before any branch
 ])
 def test_config_mistakes_are_one_readable_line(tmp_path, override, message):
-    result = _run("run.py", f"paths.root_dir={tmp_path}", "branches=[audio]", override, cwd=tmp_path, timeout=120)
+    result = _run("run.py", f"paths.root_dir={tmp_path}", "branches=[audio]", *override.split(), cwd=tmp_path,
+                  timeout=120)
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
 
