@@ -24,9 +24,11 @@ def _user_error(error: BaseException) -> BaseException | None:
     found, current, seen = None, error, set()
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, user_types):
+        # OmegaConf raises its error formatted (the key filled in) from an unformatted original: keep the former.
+        if isinstance(current, user_types) and "$FULL_KEY" not in str(current):
             found = current
-        current = current.__cause__ or current.__context__
+        # ``raise … from None`` means the earlier error is not the story (a friendlier message replaced it).
+        current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
     return found
 
 
@@ -42,11 +44,16 @@ def report_user_errors(function: F) -> F:
         try:
             return function(*args, **kwargs)
         except Exception as error:  # noqa: BLE001 — classified below; anything else is re-raised
+            from omegaconf.errors import OmegaConfBaseException
+
             user = _user_error(error)
             if user is None or os.environ.get(DEBUG_ENV) == "1":
                 raise
             frame = traceback.extract_tb(user.__traceback__)[-1] if user.__traceback__ else None
             where = f" [{os.path.relpath(frame.filename)}:{frame.lineno}]" if frame else ""
-            print(f"error: {user}{where}\n(set {DEBUG_ENV}=1 for the traceback)", file=sys.stderr)
+            message = str(user)
+            if isinstance(user, OmegaConfBaseException):  # its first line says it; full_key/object_type lines follow
+                message = message.splitlines()[0]
+            print(f"error: {message}{where}\n(set {DEBUG_ENV}=1 for the traceback)", file=sys.stderr)
             sys.exit(2)
     return wrapper  # type: ignore[return-value]

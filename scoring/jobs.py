@@ -66,6 +66,8 @@ def plan_job(input_table: str | Path, model_dir: str | Path, output: str | Path,
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     output = Path(output)
+    if output.resolve() in {Path(input_table).resolve(), *([Path(catalogue).resolve()] if catalogue else [])}:
+        raise ValueError(f"output {output} is the table being scored (input or catalogue); give another path")
     scorer = load_track_scorer(model_dir)
     table, _ = read_track_table(input_table)
     mine = resolve_ids(table[table["row"] % count == index], catalogue)

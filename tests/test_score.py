@@ -129,3 +129,19 @@ def test_relative_paths_and_one_branch_folder_as_model_dir(main_job_run, covers_
     _, expected = predict_covers(model, pd.DataFrame({"item_id": ["t1"], "cover_path": [source]}))
     labels = model.labels
     np.testing.assert_allclose(scores.loc[0, [f"p_{c}" for c in labels]].astype(float), expected[0], atol=1e-6)
+
+
+@pytest.mark.parametrize("arguments,message", [
+    (["input=tracks.csv"], "error: Missing mandatory value: model_dir ["),  # one line, not OmegaConf's three
+    (["model_dir=run", "input=tracks.csv", "shard=abc"], "error: shard must look like i/n"),  # not int()'s message
+    (["model_dir=run", "input=tracks.csv", "output=./tracks.csv"], "is the table being scored"),
+    (["model_dir=run", "input=tracks.csv", "catalogue=tracks.csv", "output=tracks.csv"], "is the table being scored"),
+])
+def test_scoring_mistakes_are_one_readable_line_and_leave_the_table_alone(tmp_path, arguments, message):
+    table = tmp_path / "tracks.csv"
+    table.write_text("track_id,cover_path\na,a.jpg\n")
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "score.py"), *arguments, "progress=false",
+                             f"paths.root_dir={tmp_path}"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
+    assert len(result.stderr.strip().splitlines()) == 2 and "Traceback" not in result.stderr  # the error, the hint
+    assert table.read_text() == "track_id,cover_path\na,a.jpg\n"
