@@ -68,6 +68,15 @@ class SplitSpec:
         return f"split_{self.fold}"
 
 
+def _check_some_class_fills_the_folds(labels: np.ndarray, n_splits: int, task: str, fix: str) -> None:
+    """Stratified folds need a class with at least ``n_splits`` items (scikit-learn's own error names no fix)."""
+    names, counts = np.unique(labels, return_counts=True)
+    if counts.max() < n_splits:
+        per_class = ", ".join(f"{name} {count}" for name, count in zip(names, counts))
+        raise ValueError(f"{len(labels)} items ({per_class}) are too few to {task}: that takes {n_splits} stratified "
+                         f"folds, and every class has fewer items; {fix}")
+
+
 def _group_fold(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     """Boolean mask of one stratified group fold holding about ``fraction`` of the items."""
     n_splits = max(2, round(1 / fraction))
@@ -75,6 +84,8 @@ def _group_fold(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: i
     if n_groups < n_splits:
         raise ValueError(f"{n_groups} group(s) are too few to hold out {fraction:.0%} of them (at least {n_splits} "
                          "are needed): use more data, a larger fraction, or split=random")
+    _check_some_class_fills_the_folds(labels, n_splits, f"hold out {fraction:.0%} of them",
+                                      "use more data, a larger split.test_fraction/val_fraction, or split=random")
     folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     _, held = next(folds.split(np.zeros(len(labels)), labels, groups))
     mask = np.zeros(len(labels), dtype=bool)
@@ -88,6 +99,7 @@ def _kfold(base: pd.DataFrame, spec: SplitSpec) -> pd.DataFrame:
     n_groups = len(np.unique(groups))
     if n_groups < spec.folds:
         raise ValueError(f"{n_groups} group(s) are too few for {spec.folds} folds: use fewer folds or more data")
+    _check_some_class_fills_the_folds(labels, spec.folds, f"make {spec.folds} folds", "use fewer split.folds or more data")
     folds = StratifiedGroupKFold(n_splits=spec.folds, shuffle=True, random_state=spec.seed)
     fold_of = np.empty(len(base), dtype=int)
     for fold, (_, tested) in enumerate(folds.split(np.zeros(len(base)), labels, groups)):

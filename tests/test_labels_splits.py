@@ -113,3 +113,16 @@ def test_gtzan_segments_keep_their_parent_clip_on_one_side(data_root):
     split = make_split(items, SplitSpec(protocol="group", seed=4))
     parent = split["item_id"].str.rsplit(".", n=1).str[0]  # the raw name: classical.00000.3 → classical.00000
     assert split.assign(parent=parent).groupby("parent")["split"].nunique().max() == 1
+
+
+@pytest.mark.parametrize("spec,message", [
+    (SplitSpec(protocol="group"), "too few to hold out 10% of them.*split.test_fraction/val_fraction"),
+    (SplitSpec(protocol="kfold", folds=11), "too few to make 11 folds.*fewer split.folds"),
+])
+def test_too_few_items_per_class_for_the_stratified_folds_is_a_clear_error(spec, message):
+    # 30 tracks, 10 per class, each its own group: after a 20% test part no class has the 10 items that
+    # a 10% validation fold stratifies over (and no class has 11 items for 11 folds).
+    items = pd.DataFrame({"item_id": [f"t{i}" for i in range(30)], "label": ["rap", "pop", "country"] * 10,
+                          "group": [f"g{i}" for i in range(30)]})
+    with pytest.raises(ValueError, match=message):
+        make_split(items, spec)
