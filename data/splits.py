@@ -99,7 +99,8 @@ def _kfold(base: pd.DataFrame, spec: SplitSpec) -> pd.DataFrame:
     n_groups = len(np.unique(groups))
     if n_groups < spec.folds:
         raise ValueError(f"{n_groups} group(s) are too few for {spec.folds} folds: use fewer folds or more data")
-    _check_some_class_fills_the_folds(labels, spec.folds, f"make {spec.folds} folds", "use fewer split.folds or more data")
+    _check_some_class_fills_the_folds(labels, spec.folds, f"make {spec.folds} folds",
+                                      "use fewer split.folds or more data")
     folds = StratifiedGroupKFold(n_splits=spec.folds, shuffle=True, random_state=spec.seed)
     fold_of = np.empty(len(base), dtype=int)
     for fold, (_, tested) in enumerate(folds.split(np.zeros(len(base)), labels, groups)):

@@ -135,13 +135,15 @@ def test_relative_paths_and_one_branch_folder_as_model_dir(main_job_run, covers_
     (["input=tracks.csv"], "error: Missing mandatory value: model_dir ["),  # one line, not OmegaConf's three
     (["model_dir=run", "input=tracks.csv", "shard=abc"], "error: shard must look like i/n"),  # not int()'s message
     (["model_dir=run", "input=tracks.csv", "output=./tracks.csv"], "is the table being scored"),
-    (["model_dir=run", "input=tracks.csv", "catalogue=tracks.csv", "output=tracks.csv"], "is the table being scored"),
+    (["model_dir=run", "input=tracks.csv", "catalogue=items.csv", "output=items.csv"], "is the table being scored"),
 ])
-def test_scoring_mistakes_are_one_readable_line_and_leave_the_table_alone(tmp_path, arguments, message):
-    table = tmp_path / "tracks.csv"
-    table.write_text("track_id,cover_path\na,a.jpg\n")
+def test_scoring_mistakes_are_one_readable_line_and_leave_the_tables_alone(tmp_path, arguments, message):
+    tables = {tmp_path / "tracks.csv": "track_id,cover_path\na,a.jpg\n",
+              tmp_path / "items.csv": "item_id,cover_path\na,a.jpg\n"}
+    for path, text in tables.items():
+        path.write_text(text)
     result = subprocess.run([sys.executable, str(ROOT / "scripts" / "score.py"), *arguments, "progress=false",
                              f"paths.root_dir={tmp_path}"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
     assert len(result.stderr.strip().splitlines()) == 2 and "Traceback" not in result.stderr  # the error, the hint
-    assert table.read_text() == "track_id,cover_path\na,a.jpg\n"
+    assert all(path.read_text() == text for path, text in tables.items())
