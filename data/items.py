@@ -13,6 +13,10 @@ import pandas as pd
 
 #: Columns every item table has, in this order; collection-specific columns follow.
 ITEM_COLUMNS = ["item_id", "label", "group", "source", "cover_path", "audio_path"]
+#: Table files with these suffixes are read as Parquet; any other as CSV.
+PARQUET_SUFFIXES = (".parquet", ".pq")
+#: How several ids share one cell (``artist_ids``): what a Parquet list cell is written as.
+LIST_CELL_SEPARATOR = ";"
 
 
 @dataclass
@@ -88,6 +92,43 @@ def read_delimited(
         raise ValueError(f"{path} is not UTF-8 text ({error.reason} at byte {error.start}): save it as UTF-8 "
                          "(\"CSV UTF-8\" in a spreadsheet) and load it again") from None
     return header, rows, problems
+
+
+def is_parquet(path: str | os.PathLike) -> bool:
+    return Path(path).suffix.lower() in PARQUET_SUFFIXES
+
+
+def read_parquet_text(path: Path) -> tuple[list[str], pd.DataFrame]:
+    """Every cell of a Parquet table as text, as a CSV would give it: ``(header, frame)``.
+
+    Numbers read as Arrow writes them (an id stored as the float 123.0 reads "123", as in a CSV);
+    a null cell reads "". A list cell (``artist_ids`` stored as ``list<string>``, the natural Parquet
+    form) reads as its elements joined by ``;``, the separator the loaders split ids on, so tracks
+    sharing an artist still share a group. A file Arrow cannot read, or a column that has no text form
+    (a struct, a list of lists, bytes that are not UTF-8), is a :class:`ValueError` naming it.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as error:
+        raise ValueError(f"{path} is not a readable Parquet file: {error}") from None
+    header = [str(name) for name in table.column_names]
+    check_header(header, path)
+    columns = {}
+    for name, column in zip(header, table.columns):
+        try:
+            if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
+                text = pc.binary_join(column.cast(pa.list_(pa.string())), LIST_CELL_SEPARATOR)
+            else:
+                text = column.cast(pa.string())
+        except (pa.ArrowNotImplementedError, pa.ArrowInvalid) as error:
+            raise ValueError(f"{path}: column {name!r} of type {column.type} has no text form ({error}); "
+                             "store it as text, numbers or a list of them") from None
+        columns[name] = pc.fill_null(text, "").to_pylist()
+    return header, pd.DataFrame(columns, columns=header)
 
 
 def check_header(header: list[str], path: str | os.PathLike) -> None:

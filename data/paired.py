@@ -25,7 +25,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from data.items import LoadResult, check_header, connected_groups, finish_table, problems_frame, read_delimited
+from data.items import (LoadResult, connected_groups, finish_table, is_parquet, problems_frame, read_delimited,
+                        read_parquet_text)
 from data.musicoset import ArtistGenres, load_genre_map
 
 ID_COLUMNS = ("track_id", "item_id")
@@ -43,10 +44,8 @@ def read_catalogue(path: str | Path) -> tuple[pd.DataFrame, list[dict]]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"catalogue not found: {path}")
-    if path.suffix.lower() in (".parquet", ".pq"):
-        table = pd.read_parquet(path)
-        check_header([str(c) for c in table.columns], path)
-        return table.astype(str).replace({"None": "", "nan": "", "<NA>": ""}), []
+    if is_parquet(path):
+        return read_parquet_text(path)[1], []
     header, rows, problems = read_delimited(path)
     return pd.DataFrame(rows, columns=header), problems
 

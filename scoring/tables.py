@@ -19,12 +19,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from data.items import check_header
+from data.items import check_header, is_parquet, read_parquet_text
 from engine.io import atomic_path, write_json
 
 ID_COLUMNS = ("track_id", "item_id")
 SOURCE_COLUMNS = ("cover_path", "cover_url", "audio_path", "audio_url")
-PARQUET_SUFFIXES = (".parquet", ".pq")
 
 
 def parse_shard(shard: str) -> tuple[int, int]:
@@ -36,10 +35,6 @@ def parse_shard(shard: str) -> tuple[int, int]:
     if not 0 <= index < count:
         raise ValueError(f"shard {shard!r}: need 0 <= i < n")
     return index, count
-
-
-def is_parquet(path: str | Path) -> bool:
-    return Path(path).suffix.lower() in PARQUET_SUFFIXES
 
 
 def _csv_records(path: Path) -> tuple[list[str], list[dict[str, str]]]:
@@ -69,19 +64,11 @@ def _csv_records(path: Path) -> tuple[list[str], list[dict[str, str]]]:
 
 
 def _parquet_table(path: Path) -> tuple[list[str], pd.DataFrame]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    try:
-        table = pq.read_table(path)
-    except (pa.ArrowException, OSError) as error:
-        raise ValueError(f"{path} is not a readable Parquet file: {error}") from None
-    # Every cell as text, as a CSV gives it (ids stored as numbers included); an empty cell is "".
-    frame = table.cast(pa.schema([pa.field(name, pa.string()) for name in table.column_names])).to_pandas()
-    frame = frame.fillna("").apply(lambda column: column.str.strip())
-    blank = (frame == "").all(axis=1) if len(frame.columns) else pd.Series(True, index=frame.index)
+    header, frame = read_parquet_text(path)
+    frame = frame.apply(lambda column: column.str.strip())  # as the CSV reader strips its cells
+    blank = (frame == "").all(axis=1) if header else pd.Series(True, index=frame.index)
     frame["row_error"] = np.where(blank, "empty row", "")
-    return list(table.column_names), frame
+    return header, frame
 
 
 def read_track_table(path: str | Path) -> tuple[pd.DataFrame, list[str]]:

@@ -94,3 +94,49 @@ def test_gtzan_audio_and_fault_filtered_split(data_root):
     split = load_predefined_split(data_root / "gtzan" / "splits" / "fault_filtered")
     assert split["split"].value_counts().to_dict() == {"train": 443, "test": 290, "val": 197}
 
+
+
+def _parquet_and_csv_catalogues(folder):
+    """The same four tracks as Parquet, in its natural types (ids as floats with a gap, artists as a list),
+    and as the CSV a spreadsheet would write."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({
+        "track_id": pa.array([1.0, 2.0, 3.0, None]),
+        "genre": [" Rock", "pop", "rock", "pop"],
+        "artist_ids": pa.array([["a", "b"], ["b"], ["c"], ["d"]]),
+        "danceability": pa.array([0.5, None, 0.25, 1.0]),
+    }), folder / "tracks.parquet")
+    (folder / "tracks.csv").write_text("track_id,genre,artist_ids,danceability\n"
+                                       "1, Rock,a;b,0.5\n2,pop,b,\n3,rock,c,0.25\n,pop,d,1.0\n")
+
+
+def test_a_parquet_catalogue_loads_as_its_csv_twin(tmp_path):
+    """Ids stored as numbers read as in a CSV, a list of artists groups like "a;b": tracks 1 and 2 share
+    artist b, so one group, or the split could put that artist on both sides."""
+    from data.paired import load_paired_catalogue
+
+    _parquet_and_csv_catalogues(tmp_path)
+    from_parquet = load_paired_catalogue(tmp_path / "tracks.parquet", source="tracks")
+    from_csv = load_paired_catalogue(tmp_path / "tracks.csv", source="tracks")
+    pd.testing.assert_frame_equal(from_parquet.items, from_csv.items, check_dtype=False)
+    items = from_parquet.items.set_index("item_id")
+    assert items.index.tolist() == ["1", "2", "3"] and items.loc["1", "label"] == "rock"
+    assert items.loc["1", "group"] == items.loc["2", "group"] != items.loc["3", "group"]
+    assert from_parquet.problems["reason"].tolist() == ["no track_id"]
+
+
+def test_a_parquet_column_without_a_text_form_is_a_clear_error(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from data.paired import load_paired_catalogue
+
+    pq.write_table(pa.table({"track_id": ["t1"], "genre": ["rock"], "release": pa.array([{"year": 1999}])}),
+                   tmp_path / "tracks.parquet")
+    with pytest.raises(ValueError, match=r"column 'release' of type struct<year: int64> has no text form"):
+        load_paired_catalogue(tmp_path / "tracks.parquet")
+    (tmp_path / "broken.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(ValueError, match="broken.parquet is not a readable Parquet file"):
+        load_paired_catalogue(tmp_path / "broken.parquet")

@@ -90,6 +90,23 @@ def test_track_table_from_a_spreadsheet_keeps_its_ids_and_other_encodings_are_re
         read_track_table(tmp_path / "latin1.csv")
 
 
+def test_a_parquet_track_table_reads_as_its_csv_twin(tmp_path):
+    """Numbers, nulls and a list column (artists) read as the CSV's text; a struct column is refused by name."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"track_id": pa.array([1.0, None]), "artist_ids": pa.array([["a", "b"], None]),
+                             "cover_path": ["a.jpg ", "b.jpg"]}), tmp_path / "tracks.parquet")
+    (tmp_path / "tracks.csv").write_text("track_id,artist_ids,cover_path\n1,a;b,a.jpg\n,,b.jpg\n")
+    from_parquet, header = read_track_table(tmp_path / "tracks.parquet")
+    from_csv, _ = read_track_table(tmp_path / "tracks.csv")
+    assert header == ["track_id", "artist_ids", "cover_path"]
+    pd.testing.assert_frame_equal(from_parquet, from_csv, check_dtype=False)
+    pq.write_table(pa.table({"track_id": ["t1"], "meta": pa.array([{"year": 1999}])}), tmp_path / "struct.parquet")
+    with pytest.raises(ValueError, match="column 'meta' of type struct"):
+        read_track_table(tmp_path / "struct.parquet")
+
+
 def test_bad_shard_and_model_folder_are_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="shard"):
         parse_shard("3/3")
