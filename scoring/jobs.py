@@ -61,7 +61,10 @@ class ScoringJob:
 def plan_job(input_table: str | Path, model_dir: str | Path, output: str | Path, shard: str = "0/1",
              catalogue: str | Path | None = None, download_dir: str | Path | None = None,
              batch_size: int = 64) -> ScoringJob:
-    """Load the model, read and resolve the table, and claim the output (resuming a previous run of this job)."""
+    """Load the model, read and resolve the table, and claim the output (resuming a previous run of this job).
+
+    The caller releases the output (``job.writer.release()``) when the job ends, finished or not.
+    """
     index, count = parse_shard(shard)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -97,8 +100,12 @@ def score_table(input_table: str | Path, model_dir: str | Path, output: str | Pa
     feature_device = str(resolved) if resolved.type == "cuda" else None
     start = time.perf_counter()
     statuses: list[str] = []
-    for rows in tqdm(job.batches(batch_size), desc=f"score shard {job.shard}", unit="batch", disable=not progress):
-        out = output_rows(job.scorer, prepare_batch(spec, rows, downloader, cache, n_jobs, feature_device), device)
-        job.writer.write(out)
-        statuses += out["status"].tolist()
-    return job.finish(statuses, time.perf_counter() - start, also_csv)
+    try:
+        for rows in tqdm(job.batches(batch_size), desc=f"score shard {job.shard}", unit="batch",
+                         disable=not progress):
+            out = output_rows(job.scorer, prepare_batch(spec, rows, downloader, cache, n_jobs, feature_device), device)
+            job.writer.write(out)
+            statuses += out["status"].tolist()
+        return job.finish(statuses, time.perf_counter() - start, also_csv)
+    finally:
+        job.writer.release()

@@ -68,48 +68,56 @@ def score_table_ray(input_table: str | Path, model_dir: str | Path, output: str 
     import ray.data
 
     job = plan_job(input_table, model_dir, output, shard, catalogue, download_dir, batch_size)
-    if actors < 1:
-        raise ValueError(f"ray.actors must be >= 1, got {actors}")
-    start = time.perf_counter()
-    statuses: list[str] = []
-    batches = job.batches(batch_size)
-    if batches:
-        if job.scorer.audio_model is not None:
-            compile_feature_kernels()  # before the tasks compute features side by side (on this machine's cache)
-        ray.init(address=address, num_cpus=num_cpus if address is None else None, include_dashboard=False,
-                 ignore_reinit_error=True, log_to_driver=True,
-                 logging_level=logging.WARNING)
-        context = ray.data.DataContext.get_current()
-        context.enable_progress_bars = False  # the driver's one bar below counts written batches
-        resources = ray.cluster_resources()
-        gpus = gpus_per_actor if gpus_per_actor is not None else (1.0 if resources.get("GPU", 0) else 0.0)
-        # As many batches in preparation as the cluster has CPUs, in what the actors leave (the models
-        # take little of a CPU beside the audio features): 2 CPUs and one actor of half a CPU run two
-        # tasks of 0.75. A task asking for more than is left would wait forever.
-        spare = resources.get("CPU", 0) - actors * actor_cpus
-        if spare <= 0:
-            raise ValueError(f"{actors} actor(s) of {actor_cpus} CPU leave none of the cluster's "
-                             f"{resources.get('CPU', 0):g} CPUs to prepare batches; lower ray.actors or ray.actor_cpus")
-        task_cpus = min(1.0, spare / max(1, int(resources.get("CPU", 0))))
-        # Columns as text, as the local engine reads them, so Arrow does not guess an id column's type.
-        blocks = [block.astype({c: str for c in block.columns if c != "row"}) for block in batches]
-        scored = (ray.data.from_pandas(blocks)
-                  .map_batches(_prepare_block, batch_size=None, batch_format="pandas", num_cpus=task_cpus,
-                               fn_kwargs={"spec": scoring_inputs(job.scorer),
-                                          "cache_dir": str(cache_dir) if cache_dir else None,
-                                          "download_dir": str(job.download_dir)})
-                  .map_batches(_ScoringActor, batch_size=1, batch_format="pandas",
-                               compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=gpus, num_cpus=actor_cpus,
-                               fn_constructor_kwargs={"model_dir": str(Path(model_dir).resolve()), "device": device}))
-        bar = tqdm(total=len(job.todo), desc=f"score shard {job.shard} (ray)", unit="track", disable=not progress)
-        for out in scored.iter_batches(batch_size=None, batch_format="pandas"):
-            out = out.reset_index(drop=True)
-            job.writer.write(out)
-            statuses += out["status"].tolist()
-            bar.update(len(out))
-        bar.close()
-    summary = job.finish(statuses, time.perf_counter() - start, also_csv)
-    if batches:
-        summary["ray"] = {"address": address or "local", "cpus": resources.get("CPU"), "gpus": resources.get("GPU", 0),
-                          "actors": actors, "gpus_per_actor": gpus, "cpus_per_prepare_task": task_cpus}
-    return summary
+    try:
+        if actors < 1:
+            raise ValueError(f"ray.actors must be >= 1, got {actors}")
+        start = time.perf_counter()
+        statuses: list[str] = []
+        batches = job.batches(batch_size)
+        if batches:
+            if job.scorer.audio_model is not None:
+                compile_feature_kernels()  # before the tasks compute features side by side (on this machine's cache)
+            ray.init(address=address, num_cpus=num_cpus if address is None else None, include_dashboard=False,
+                     ignore_reinit_error=True, log_to_driver=True,
+                     logging_level=logging.WARNING)
+            context = ray.data.DataContext.get_current()
+            context.enable_progress_bars = False  # the driver's one bar below counts written batches
+            resources = ray.cluster_resources()
+            gpus = gpus_per_actor if gpus_per_actor is not None else (1.0 if resources.get("GPU", 0) else 0.0)
+            # As many batches in preparation as the cluster has CPUs, in what the actors leave (the models
+            # take little of a CPU beside the audio features): 2 CPUs and one actor of half a CPU run two
+            # tasks of 0.75. A task asking for more than is left would wait forever.
+            spare = resources.get("CPU", 0) - actors * actor_cpus
+            if spare <= 0:
+                raise ValueError(f"{actors} actor(s) of {actor_cpus} CPU leave none of the cluster's "
+                                 f"{resources.get('CPU', 0):g} CPUs to prepare batches; "
+                                 "lower ray.actors or ray.actor_cpus")
+            task_cpus = min(1.0, spare / max(1, int(resources.get("CPU", 0))))
+            # Columns as text, as the local engine reads them, so Arrow does not guess an id column's type.
+            blocks = [block.astype({c: str for c in block.columns if c != "row"}) for block in batches]
+            scored = (ray.data.from_pandas(blocks)
+                      .map_batches(_prepare_block, batch_size=None, batch_format="pandas", num_cpus=task_cpus,
+                                   fn_kwargs={"spec": scoring_inputs(job.scorer),
+                                              "cache_dir": str(cache_dir) if cache_dir else None,
+                                              "download_dir": str(job.download_dir)})
+                      .map_batches(_ScoringActor, batch_size=1, batch_format="pandas",
+                                   compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=gpus,
+                                   num_cpus=actor_cpus,
+                                   fn_constructor_kwargs={"model_dir": str(Path(model_dir).resolve()),
+                                                          "device": device}))
+            bar = tqdm(total=len(job.todo), desc=f"score shard {job.shard} (ray)", unit="track",
+                       disable=not progress)
+            for out in scored.iter_batches(batch_size=None, batch_format="pandas"):
+                out = out.reset_index(drop=True)
+                job.writer.write(out)
+                statuses += out["status"].tolist()
+                bar.update(len(out))
+            bar.close()
+        summary = job.finish(statuses, time.perf_counter() - start, also_csv)
+        if batches:
+            summary["ray"] = {"address": address or "local", "cpus": resources.get("CPU"),
+                              "gpus": resources.get("GPU", 0), "actors": actors, "gpus_per_actor": gpus,
+                              "cpus_per_prepare_task": task_cpus}
+        return summary
+    finally:
+        job.writer.release()

@@ -5,16 +5,19 @@ A track table has any of ``track_id``/``item_id``, ``cover_path``, ``cover_url``
 numbered ``row`` (0-based), malformed ones included, so each gets its output row. A scores
 table is written as batches finish, so a run stopped at any point resumes after the rows already
 written: a CSV grows line by line; a Parquet output is built from atomically written parts
-(``<output>.parts/``) and put together, in row order, when every row is done.
+(``<output>.parts/``) and put together, in row order, when every row is done. One job writes an
+output at a time (``<output>.lock``): a second one started on it is refused until the first ends.
 """
 from __future__ import annotations
 
 import csv
+import fcntl
 import json
 import os
 import shutil
+import socket
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import pandas as pd
@@ -131,24 +134,64 @@ def resolve_ids(table: pd.DataFrame, catalogue: str | Path | None) -> pd.DataFra
 class ScoresWriter:
     """Where a scoring run's output rows go, batch by batch; :func:`open_scores` picks the format.
 
-    ``done_rows()`` are the rows a previous run of the same job already wrote; ``write`` adds a
-    batch (in any row order) durably; ``finish`` leaves the output complete and in row order.
+    ``claim`` takes the output for this job; ``done_rows()`` are the rows a previous run of the same
+    job already wrote; ``write`` adds a batch (in any row order) durably; ``finish`` leaves the output
+    complete and in row order; ``release`` lets another job take the output.
     """
 
     def __init__(self, output: Path) -> None:
         self.output = output
         self.record_path = output.with_name(output.name + ".run.json")
+        self.lock_path = output.with_name(output.name + ".lock")
+        self._lock: IO[str] | None = None
 
     def claim(self, record: dict[str, Any]) -> set[int]:
-        """Refuse an output another job wrote; record this job; return the rows already written."""
-        done = self.done_rows()
-        previous = json.loads(self.record_path.read_text()) if self.record_path.is_file() else {}
-        if done and previous and previous != record:
-            raise ValueError(f"{self.output} was written by a different run ({previous}); "
-                             "give another output path or delete it")
+        """Refuse an output another job is writing or wrote; record this job; return the rows already written."""
         self.output.parent.mkdir(parents=True, exist_ok=True)
-        write_json(self.record_path, record)
+        self._take_lock()
+        try:
+            done = self.done_rows()
+            previous = json.loads(self.record_path.read_text()) if self.record_path.is_file() else {}
+            if done and previous and previous != record:
+                raise ValueError(f"{self.output} was written by a different run ({previous}); "
+                                 "give another output path or delete it")
+            write_json(self.record_path, record)
+        except BaseException:
+            self.release()
+            raise
         return done
+
+    def _take_lock(self) -> None:
+        # Two jobs appending to one output would write each row twice. An flock is dropped by the
+        # system when its process ends, however it ends, so a killed job never leaves the output locked.
+        while True:
+            handle = self.lock_path.open("a+")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                handle.close()
+                raise ValueError(f"{self.output} is being written by another scoring job ({holder}); "
+                                 "wait for it to end or give another output") from None
+            try:
+                if os.stat(self.lock_path).st_ino == os.fstat(handle.fileno()).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            handle.close()  # the job that held it removed the file meanwhile: lock the new one
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
+        handle.flush()
+        self._lock = handle
+
+    def release(self) -> None:
+        """Let another job write the output (when this job ends, finished or not); harmless twice."""
+        if self._lock is not None:
+            self.lock_path.unlink(missing_ok=True)
+            self._lock.close()
+            self._lock = None
 
     def done_rows(self) -> set[int]:
         raise NotImplementedError

@@ -11,7 +11,7 @@ import pytest
 
 from fusion.heads import fusion_inputs, load_fusion_head
 from scoring.jobs import score_table
-from scoring.tables import parse_shard, read_track_table, resolve_ids
+from scoring.tables import open_scores, parse_shard, read_track_table, resolve_ids
 from track_tables import track_table
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -105,6 +105,28 @@ def test_a_parquet_track_table_reads_as_its_csv_twin(tmp_path):
     pq.write_table(pa.table({"track_id": ["t1"], "meta": pa.array([{"year": 1999}])}), tmp_path / "struct.parquet")
     with pytest.raises(ValueError, match="column 'meta' of type struct"):
         read_track_table(tmp_path / "struct.parquet")
+
+
+def test_one_job_writes_an_output_at_a_time_and_a_killed_one_leaves_it_free(tmp_path):
+    """Two jobs appending to one output would write its rows twice: the second is refused while the first
+    runs; after it ends (finished, or killed: the system drops its lock) the output can be taken again."""
+    output, record = tmp_path / "scores.csv", {"input": "tracks.csv", "shard": "0/1"}
+    first = open_scores(output)
+    assert first.claim(record) == set()
+    with pytest.raises(ValueError, match=r"scores.csv is being written by another scoring job \(pid \d+ on "):
+        open_scores(output).claim(record)
+    first.write(pd.DataFrame({"row": [0], "status": ["ok"]}))
+    first.finish(["row", "status"])
+    first.release()
+    assert not (tmp_path / "scores.csv.lock").exists()
+    killed = subprocess.run([sys.executable, "-c", "import os, sys; from pathlib import Path; "
+                             "from scoring.tables import open_scores; "
+                             "open_scores(Path(sys.argv[1])).claim({'input': 'tracks.csv', 'shard': '0/1'}); "
+                             "os._exit(9)", str(output)])
+    assert killed.returncode == 9 and (tmp_path / "scores.csv.lock").exists()
+    again = open_scores(output)
+    assert again.claim(record) == {0}  # the killed job's lock file is left, its lock is not
+    again.release()
 
 
 def test_bad_shard_and_model_folder_are_clear_errors(tmp_path):
