@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import fcntl
 import json
+import logging
 import os
 import shutil
 import socket
@@ -27,6 +28,11 @@ from engine.io import atomic_path, write_json
 
 ID_COLUMNS = ("track_id", "item_id")
 SOURCE_COLUMNS = ("cover_path", "cover_url", "audio_path", "audio_url")
+#: What the scorer adds to every record: its number and why it cannot be scored. A track table's own
+#: columns of these names (a scores table scored again) are left out, as any column the scorer does not read.
+ROW_COLUMNS = ("row", "row_error")
+
+log = logging.getLogger(__name__)
 
 
 def parse_shard(shard: str) -> tuple[int, int]:
@@ -50,14 +56,15 @@ def _csv_records(path: Path) -> tuple[list[str], list[dict[str, str]]]:
             if not header:
                 raise ValueError(f"{path} is empty: expected a header row")
             records = []
+            read = [(i, name) for i, name in enumerate(header) if name not in ROW_COLUMNS]
             for record in reader:
-                row = dict.fromkeys(header, "")
+                row = {name: "" for _, name in read}
                 if not record or all(not cell.strip() for cell in record):
                     row["row_error"] = "empty row"
                 elif len(record) != len(header):
                     row["row_error"] = f"malformed row: {len(record)} fields, expected {len(header)}"
                 else:
-                    row.update({k: v.strip() for k, v in zip(header, record)})
+                    row.update({name: record[i].strip() for i, name in read})
                     row["row_error"] = ""
                 records.append(row)
     except UnicodeDecodeError as error:
@@ -68,6 +75,7 @@ def _csv_records(path: Path) -> tuple[list[str], list[dict[str, str]]]:
 
 def _parquet_table(path: Path) -> tuple[list[str], pd.DataFrame]:
     header, frame = read_parquet_text(path)
+    frame = frame.drop(columns=[name for name in ROW_COLUMNS if name in header])
     frame = frame.apply(lambda column: column.str.strip())  # as the CSV reader strips its cells
     blank = (frame == "").all(axis=1) if header else pd.Series(True, index=frame.index)
     frame["row_error"] = np.where(blank, "empty row", "")
@@ -85,8 +93,12 @@ def read_track_table(path: str | Path) -> tuple[pd.DataFrame, list[str]]:
         header, table = _parquet_table(path)
     else:
         header, records = _csv_records(path)
-        table = pd.DataFrame(records, columns=header + ["row_error"]).fillna("")
+        table = pd.DataFrame(records, columns=[name for name in header if name not in ROW_COLUMNS] + ["row_error"])
+        table = table.fillna("")
     check_header(header, path)
+    if own := [name for name in ROW_COLUMNS if name in header]:
+        log.warning("%s: its own column(s) %s are left out: the scorer numbers the rows and writes why one "
+                    "fails itself", path.name, own)
     known = set(ID_COLUMNS) | set(SOURCE_COLUMNS)
     if not known & set(header):
         raise ValueError(f"{path} has none of the columns {sorted(known)}; header is {header}")

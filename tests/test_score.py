@@ -107,6 +107,21 @@ def test_a_parquet_track_table_reads_as_its_csv_twin(tmp_path):
         read_track_table(tmp_path / "struct.parquet")
 
 
+def test_a_scores_table_scored_again_gets_its_own_row_numbers_and_errors(tmp_path):
+    """A table with its own ``row``/``row_error`` columns (an earlier output, scored again through a
+    catalogue) is numbered and checked afresh; its other cells are read as usual."""
+    lines = "row,track_id,status,row_error\n7,t1,ok,\n3,,ok,empty row\n"
+    (tmp_path / "scores.csv").write_text(lines)
+    pd.read_csv(tmp_path / "scores.csv", dtype=str).to_parquet(tmp_path / "scores.parquet")
+    for name in ("scores.csv", "scores.parquet"):
+        table, header = read_track_table(tmp_path / name)
+        assert header == ["row", "track_id", "status", "row_error"]
+        assert table["row"].tolist() == [0, 1] and table["track_id"].tolist() == ["t1", ""]
+        resolved = resolve_ids(table, None).set_index("row")
+        assert resolved.loc[0, "row_error"] == "unknown id 't1' (no catalogue given)"
+        assert resolved.loc[1, "row_error"] == "empty row"
+
+
 def test_one_job_writes_an_output_at_a_time_and_a_killed_one_leaves_it_free(tmp_path):
     """Two jobs appending to one output would write its rows twice: the second is refused while the first
     runs; after it ends (finished, or killed: the system drops its lock) the output can be taken again."""
