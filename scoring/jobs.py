@@ -71,6 +71,8 @@ def plan_job(input_table: str | Path, model_dir: str | Path, output: str | Path,
     output = Path(output)
     if output.resolve() in {Path(input_table).resolve(), *([Path(catalogue).resolve()] if catalogue else [])}:
         raise ValueError(f"output {output} is the table being scored (input or catalogue); give another path")
+    if output.exists() and not output.is_file():
+        raise ValueError(f"output {output} is a folder, not a file: give a file path (e.g. {output / 'scores.csv'})")
     scorer = load_track_scorer(model_dir)
     table, _ = read_track_table(input_table)
     mine = resolve_ids(table[table["row"] % count == index], catalogue)
@@ -93,14 +95,14 @@ def score_table(input_table: str | Path, model_dir: str | Path, output: str | Pa
     computed there in batches); ``cache_dir`` caches them (nothing is cached without it).
     ``also_csv`` writes a Parquet output's CSV copy beside it. Returns the job's summary.
     """
-    job = plan_job(input_table, model_dir, output, shard, catalogue, download_dir, batch_size)
-    spec, downloader = scoring_inputs(job.scorer), Downloader(job.download_dir)
-    cache = str(cache_dir) if cache_dir else None
     resolved = resolve_device(device)
     feature_device = str(resolved) if resolved.type == "cuda" else None
-    start = time.perf_counter()
-    statuses: list[str] = []
+    cache = str(cache_dir) if cache_dir else None
+    job = plan_job(input_table, model_dir, output, shard, catalogue, download_dir, batch_size)
     try:
+        spec, downloader = scoring_inputs(job.scorer), Downloader(job.download_dir)
+        start = time.perf_counter()
+        statuses: list[str] = []
         for rows in tqdm(job.batches(batch_size), desc=f"score shard {job.shard}", unit="batch",
                          disable=not progress):
             out = output_rows(job.scorer, prepare_batch(spec, rows, downloader, cache, n_jobs, feature_device), device)

@@ -190,6 +190,7 @@ def test_relative_paths_and_one_branch_folder_as_model_dir(main_job_run, covers_
     (["model_dir=run", "input=tracks.csv", "shard=abc"], "error: shard must look like i/n"),  # not int()'s message
     (["model_dir=run", "input=tracks.csv", "output=./tracks.csv"], "is the table being scored"),
     (["model_dir=run", "input=tracks.csv", "catalogue=items.csv", "output=items.csv"], "is the table being scored"),
+    (["model_dir=run", "input=tracks.csv", "output=."], "is a folder, not a file"),  # was a traceback after scoring
 ])
 def test_scoring_mistakes_are_one_readable_line_and_leave_the_tables_alone(tmp_path, arguments, message):
     tables = {tmp_path / "tracks.csv": "track_id,cover_path\na,a.jpg\n",
