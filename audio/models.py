@@ -105,16 +105,30 @@ def feature_columns(model_cfg: dict[str, Any]) -> list[str]:
     return list(model_cfg.get("features") or FEATURE_COLUMNS)
 
 
+def layer_sizes(model_cfg: dict[str, Any], key: str, default: Sequence[int]) -> list[int]:
+    """``model.<key>``: the widths of a model's layers, each a positive integer.
+
+    A width of 0 would build a layer with no units: the classifier after it sees nothing and the
+    model predicts one class for every input, a silent majority-class result.
+    """
+    sizes = model_cfg.get(key, default)
+    sizes = [sizes] if isinstance(sizes, int) else sizes
+    if not isinstance(sizes, Sequence) or isinstance(sizes, str) or not all(
+            isinstance(size, int) and not isinstance(size, bool) and size >= 1 for size in sizes):
+        raise ValueError(f"audio.model.{key} must be a list of positive integers (layer widths), got {sizes!r}")
+    return list(sizes)
+
+
 def _feature_mlp(model_cfg: dict[str, Any], labels: Sequence[str]) -> FeatureMLP:
     columns = feature_columns(model_cfg)
     # model.log_variances: the frame-variance columns (``*_var``) enter on a log scale.
     log_columns = [i for i, name in enumerate(columns) if name.endswith("_var")] if model_cfg.get("log_variances") else []
-    return FeatureMLP(len(columns), len(labels), hidden=list(model_cfg.get("hidden", (256, 128, 64))),
+    return FeatureMLP(len(columns), len(labels), hidden=layer_sizes(model_cfg, "hidden", (256, 128, 64)),
                       dropout=model_cfg.get("dropout", 0.3), log_columns=log_columns)
 
 
 def _mel_cnn(model_cfg: dict[str, Any], labels: Sequence[str]) -> MelCNN:
-    return MelCNN(len(labels), channels=list(model_cfg.get("channels", (16, 32, 64, 128))),
+    return MelCNN(len(labels), channels=layer_sizes(model_cfg, "channels", (16, 32, 64, 128)),
                   dropout=model_cfg.get("dropout", 0.3))
 
 
@@ -133,7 +147,10 @@ def _mel_cnn_alone(model_cfg: dict[str, Any], labels: Sequence[str]) -> MelCNN:
 def _hybrid(model_cfg: dict[str, Any], labels: Sequence[str]) -> HybridNet:
     # The MLP is built before the CNN, as it always was: the same seed gives the same initial weights.
     mlp = _feature_mlp(model_cfg, labels)
-    return HybridNet(_mel_cnn(model_cfg, labels), mlp, len(labels), hidden=model_cfg.get("head_hidden", 128),
+    head_hidden = layer_sizes(model_cfg, "head_hidden", 128)
+    if len(head_hidden) != 1:
+        raise ValueError(f"audio.model.head_hidden is the width of the one joint layer, got {head_hidden!r}")
+    return HybridNet(_mel_cnn(model_cfg, labels), mlp, len(labels), hidden=head_hidden[0],
                      dropout=model_cfg.get("dropout", 0.3))
 
 
@@ -142,7 +159,7 @@ def _musicnn_embed(model_cfg: dict[str, Any], labels: Sequence[str]) -> FeatureM
     """A head (linear, or an MLP with ``hidden`` layers) on frozen musicnn embeddings (200 per network)."""
     from audio.musicnn import EMBEDDING_DIM
 
-    return FeatureMLP(EMBEDDING_DIM * len(model_cfg["musicnn"]), len(labels), hidden=list(model_cfg.get("hidden", [])),
+    return FeatureMLP(EMBEDDING_DIM * len(model_cfg["musicnn"]), len(labels), hidden=layer_sizes(model_cfg, "hidden", []),
                       dropout=model_cfg.get("dropout", 0.0))
 
 

@@ -59,11 +59,6 @@ class CoverRun:
     def progress(self) -> bool:
         return bool(self.cfg.trainer.progress)
 
-    def refuse_augment(self, mode: str) -> None:
-        if self.augment:
-            raise ValueError("covers.augment changes pixels, so it needs covers.mode=finetune "
-                             f"(mode {mode} trains on inputs computed once)")
-
     def parts(self, kept: LoadResult, x: np.ndarray) -> dict[str, tuple[pd.DataFrame, np.ndarray]]:
         """Record covers that could not be used, then split the kept items and their inputs by part."""
         problems = pd.concat([self.no_cover, kept.problems], ignore_index=True)
@@ -130,8 +125,44 @@ def display_name(branch: DictConfig) -> str:
     return f"{branch.model.backbone}_{resolve_mode(branch.mode)}"
 
 
+#: Modes that train the shared trainer's torch head or network (the others fit a scikit-learn estimator).
+TORCH_MODES = ("finetune", "frozen")
+#: Modes that read a pretrained backbone.
+BACKBONE_MODES = ("finetune", "frozen", "logreg_probe")
+
+
+def check_covers_config(cfg: DictConfig) -> None:
+    """Refuse now what :func:`train_covers` would refuse after its data is loaded and, in the main job,
+    after the audio branch has trained: the mode, the backbone and its pretrained weights (loaded
+    once more, about 0.1 s for EfficientNet-Lite on this CPU), the head's dropout, the trainer settings, the augment table and M4's
+    predictions file. scripts/run.py calls it before any branch trains."""
+    branch = cfg.covers
+    mode = resolve_mode(branch.mode)
+    COVER_MODES.get(mode)
+    labels = list(cfg.labels.classes)
+    spec = OmegaConf.to_container(branch.model, resolve=True)
+    augment = OmegaConf.to_container(branch.augment, resolve=True) if branch.get("augment") else None
+    if augment and mode != "finetune":
+        raise ValueError(f"covers.augment changes pixels, so it needs covers.mode=finetune (mode {mode} trains "
+                         "on inputs computed once)")
+    if mode == "finetune":
+        network = create_model(spec["backbone"], len(labels), pretrained=spec.get("pretrained", True),
+                               weights_path=spec.get("weights_path"), dropout=spec.get("dropout", 0.5))
+        build_class_augment(augment, labels, network.info.input_size)
+    elif mode in BACKBONE_MODES:
+        _, info = create_backbone(spec["backbone"], pretrained=True, weights_path=spec.get("weights_path"))
+        classifier_head(info.embed_dim, len(labels), spec.get("dropout", 0.5))
+    if mode in TORCH_MODES:
+        # One stand-in target per class: balanced class weights are computed from the real ones at training.
+        trainer_config(cfg, OmegaConf.to_container(branch.trainer, resolve=True), train_targets=range(len(labels)),
+                       n_classes=len(labels))
+    if branch.get("class_weights_from"):
+        precision_class_weights(branch.class_weights_from, labels)
+
+
 def train_covers(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Fit ``cfg.covers`` on the train part (early stop on val), report on test, write ``predictions.csv``."""
+    check_covers_config(cfg)
     branch = cfg.covers
     mode = resolve_mode(branch.mode)
     train_mode = COVER_MODES.get(mode)
@@ -172,7 +203,6 @@ def _finetune(run: CoverRun) -> dict[str, Any]:
 
 @COVER_MODES.register("frozen")
 def _frozen(run: CoverRun) -> dict[str, Any]:
-    run.refuse_augment("frozen")
     backbone, info, kept, x = run.embeddings()
     parts = run.parts(kept, x)
     (train_items, x_train), (held, x_held) = parts["train"], parts["held"]
@@ -203,7 +233,6 @@ def _logreg_probe(run: CoverRun) -> dict[str, Any]:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    run.refuse_augment("logreg_probe")
     _, _, kept, x = run.embeddings()
     estimator = make_pipeline(StandardScaler(), LogisticRegression(C=run.cfg.covers.get("logreg_c", 1.0), max_iter=5000))
     return _fit_estimator(run, estimator, kept, x)
@@ -213,7 +242,6 @@ def _logreg_probe(run: CoverRun) -> dict[str, Any]:
 def _random_forest(run: CoverRun) -> dict[str, Any]:
     from sklearn.ensemble import RandomForestClassifier
 
-    run.refuse_augment("random_forest")
     kept, x = random_forest_features(run.prepared.items, run.cfg.paths.cache_dir, progress=run.progress)
     estimator = RandomForestClassifier(n_estimators=run.cfg.covers.get("n_estimators", 500), n_jobs=-1,
                                        random_state=int(run.cfg.seed))

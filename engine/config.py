@@ -74,7 +74,9 @@ def _check_type(where: str, name: str, annotation: str, value: Any) -> None:
         raise ValueError(f"{where}.{name} must be {expected}, got {value!r}")
 
 
-def _dataclass_from(cls: type, node: DictConfig | dict, where: str) -> Any:
+def checked_dataclass(cls: type, node: DictConfig | dict, where: str) -> Any:
+    """``cls`` built from a config node: a key it does not declare, or a scalar of the wrong type, is an
+    error naming ``where`` (a misspelt key would otherwise be ignored and its default used)."""
     values = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
     declared = {f.name: f.type for f in fields(cls)}
     unknown = sorted(set(values) - set(declared))
@@ -91,7 +93,7 @@ def trainer_config(cfg: DictConfig, override: DictConfig | dict | None = None,
 
     ``class_weights: balanced`` becomes scikit-learn's balanced weights of ``train_targets``.
     """
-    _dataclass_from(TrainerConfig, cfg.trainer, "trainer")  # the run's own settings are checked even where overridden
+    checked_dataclass(TrainerConfig, cfg.trainer, "trainer")  # the run's own settings are checked even where overridden
     merged = OmegaConf.to_container(OmegaConf.merge(cfg.trainer, override or {}), resolve=True)
     if merged.get("class_weights") == "balanced":
         if train_targets is None or n_classes is None:
@@ -99,14 +101,14 @@ def trainer_config(cfg: DictConfig, override: DictConfig | dict | None = None,
         merged["class_weights"] = balanced_class_weights(train_targets, n_classes)
     elif isinstance(merged.get("class_weights"), str):
         raise ValueError(f"trainer.class_weights must be null, 'balanced' or a list, got {merged['class_weights']!r}")
-    return _dataclass_from(TrainerConfig, merged, "trainer")
+    return checked_dataclass(TrainerConfig, merged, "trainer")
 
 
 def split_spec(node: DictConfig) -> SplitSpec:
     """A ``split`` config node as a checked :class:`SplitSpec` (a misspelt key is an error naming the known ones)."""
     values = OmegaConf.to_container(node, resolve=True)
     values.pop("name", None)
-    return _dataclass_from(SplitSpec, values, "split")
+    return checked_dataclass(SplitSpec, values, "split")
 
 
 def branch_data(cfg: DictConfig, branch: DictConfig) -> DictConfig:

@@ -3,6 +3,7 @@ items (image-only vs. audio-only vs. fused, beside the majority class) through :
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -10,13 +11,55 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
+from engine.config import checked_dataclass
 from engine.predictions import probability_columns, read_predictions, write_predictions
 from fusion.calibration import TemperatureScaling
 from fusion.compare import PAIRS_FILE, compare_modalities
-from fusion.heads import FUSION_HEAD, both_present, create_fusion_head, fusion_inputs, save_fusion_head, split_inputs
+from fusion.heads import (FUSION_HEAD, FUSION_HEADS, both_present, create_fusion_head, fusion_inputs,
+                          save_fusion_head, split_inputs)
 from fusion.pairing import modality_counts, real_pairs, synthetic_pairs
 
 log = logging.getLogger(__name__)
+
+PAIRINGS = ("auto", "real", "synthetic")
+FIT_ON = ("validation", "crossfit")
+CALIBRATIONS = ("none", "temperature")
+
+
+@dataclass(frozen=True)
+class FusionConfig:
+    """The ``fusion`` config node (``conf/fusion/default.yaml`` says what each setting does), checked.
+
+    scripts/run.py checks it before any branch trains, so a mistake in it costs seconds, not the
+    branches' training time; a key it does not declare (``fusion.metod=mean``) is an error, not a
+    silent fall-back to the default head.
+    """
+
+    method: str = "weighted"
+    weight: float | None = None
+    pairing: str = "auto"
+    fit_on: str = "validation"
+    crossfit_folds: int = 5
+    calibrate: str = "none"
+
+    def __post_init__(self) -> None:
+        FUSION_HEADS.get(self.method)
+        if self.weight is not None and self.method != "weighted":
+            raise ValueError(f"fusion.weight fixes the cover branch's weight of method=weighted; "
+                             f"method={self.method} takes none (set fusion.weight=null)")
+        if self.weight is not None and not 0 <= self.weight <= 1:
+            raise ValueError(f"fusion.weight is the cover branch's share, in [0, 1]; got {self.weight}")
+        for name, value, allowed in (("pairing", self.pairing, PAIRINGS), ("fit_on", self.fit_on, FIT_ON),
+                                     ("calibrate", self.calibrate, CALIBRATIONS)):
+            if value not in allowed:
+                raise ValueError(f"fusion.{name} must be one of {', '.join(allowed)}; got {value!r}")
+        if self.crossfit_folds < 2:
+            raise ValueError(f"fusion.crossfit_folds must be ≥ 2, got {self.crossfit_folds}")
+
+
+def fusion_config(node: DictConfig | dict) -> FusionConfig:
+    """The run's ``fusion`` node as a checked :class:`FusionConfig`."""
+    return checked_dataclass(FusionConfig, node, "fusion")
 
 
 def _probabilities(pairs: pd.DataFrame, column: str, outputs: pd.DataFrame, labels: list[str]) -> np.ndarray:
@@ -39,7 +82,7 @@ def make_pairs(covers: pd.DataFrame, audio: pd.DataFrame, mode: str, seed: int) 
         return real_pairs(covers, audio), "real"
     if mode == "synthetic":
         return synthetic_pairs(covers, audio, seed), "synthetic"
-    raise ValueError(f"fusion.pairing must be auto, real or synthetic; got {mode!r}")
+    raise ValueError(f"fusion.pairing must be one of {', '.join(PAIRINGS)}; got {mode!r}")
 
 
 def _branch_probabilities(pairs: pd.DataFrame, covers: pd.DataFrame, audio: pd.DataFrame,
@@ -87,6 +130,7 @@ def run_fusion(cfg: DictConfig, run_dir: Path, covers_dir: Path, audio_dir: Path
     comparison files of :func:`fusion.compare.compare_modalities`. With real pairs the intervals
     also resample the split's album/artist groups. Returns the comparison rows, keyed by printed name.
     """
+    settings = fusion_config(cfg.fusion)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     covers, cover_labels = read_predictions(covers_dir)
@@ -95,33 +139,28 @@ def run_fusion(cfg: DictConfig, run_dir: Path, covers_dir: Path, audio_dir: Path
         raise ValueError(f"the branches were trained on different label sets: {cover_labels} vs {audio_labels}")
     labels = cover_labels
     seed = int(cfg.seed)
-    pairs, pairing = make_pairs(covers, audio, cfg.fusion.pairing, seed)
+    pairs, pairing = make_pairs(covers, audio, settings.pairing, seed)
     pairs.to_csv(run_dir / PAIRS_FILE.format(pairing=pairing), index=False)
     p_cover, p_audio = _branch_probabilities(pairs, covers, audio, labels)
     y = pairs["y"].to_numpy()
     x = fusion_inputs(p_cover, p_audio)
     val_rows = (pairs["split"] == "val").to_numpy()
     test_rows = (pairs["split"] == "test").to_numpy()
-    method = cfg.fusion.method
-    fit_on = cfg.fusion.get("fit_on", "validation")
-    if fit_on not in ("validation", "crossfit"):
-        raise ValueError(f"fusion.fit_on must be validation or crossfit, got {fit_on!r}")
+    method, fit_on = settings.method, settings.fit_on
     if fit_on == "crossfit" and not crossfit_dirs:
         raise ValueError("fusion.fit_on=crossfit needs the inner folds' branch outputs (scripts/run.py makes them)")
 
     def fitted(x_fit: np.ndarray, y_fit: np.ndarray):  # never sees a test item
-        head = create_fusion_head(method, random_state=seed, weight=cfg.fusion.get("weight"))
-        if cfg.fusion.get("calibrate", "none") == "temperature":
+        head = create_fusion_head(method, random_state=seed, weight=settings.weight)
+        if settings.calibrate == "temperature":
             head.with_temperatures(*(TemperatureScaling().fit(part, y_fit).temperature_ for part in split_inputs(x_fit)))
-        elif cfg.fusion.get("calibrate", "none") != "none":
-            raise ValueError(f"fusion.calibrate must be none or temperature, got {cfg.fusion.calibrate!r}")
         return head.fit(x_fit, y_fit)
 
     validation_head = fitted(x[val_rows], y[val_rows])
     head, fit_items = validation_head, int(both_present(x[val_rows]).sum())
     extra_rows = {}
     if fit_on == "crossfit":
-        x_oof, y_oof, _ = out_of_fold_inputs(crossfit_dirs, cfg.fusion.pairing, seed, labels)
+        x_oof, y_oof, _ = out_of_fold_inputs(crossfit_dirs, settings.pairing, seed, labels)
         head, fit_items = fitted(x_oof, y_oof), int(both_present(x_oof).sum())
         extra_rows[f"fused ({method}, validation-fitted)"] = validation_head.predict_proba(x[test_rows])
     save_fusion_head(run_dir / FUSION_HEAD, method, head, labels=labels, pairing=pairing, fit_on=fit_on)

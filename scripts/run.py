@@ -40,8 +40,16 @@ def main(cfg: DictConfig) -> float:
     if "fusion" in cfg.branches and not {"audio", "covers"} <= set(cfg.branches):
         raise ValueError("branches: fusion needs both audio and covers")
     split_spec(cfg.split)  # now: a k-fold run counts its folds from it before any branch reads it
-    if "fusion" in cfg.branches and cfg.fusion.get("fit_on") == "crossfit":
-        check_crossfit_possible(cfg)  # now, not after the branches have trained
+    # The later parts' settings are checked now, not after the branches before them have trained.
+    if "covers" in cfg.branches:
+        from covers.train import check_covers_config
+
+        check_covers_config(cfg)
+    if "fusion" in cfg.branches:
+        from fusion.run import fusion_config
+
+        if fusion_config(cfg.fusion).fit_on == "crossfit":
+            check_crossfit_possible(cfg)
     if distributed.init_from_environment() and not distributed.is_main_process():
         logging.getLogger().setLevel(logging.WARNING)  # rank 0 tells the story
     try:
