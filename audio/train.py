@@ -30,6 +30,28 @@ from engine.trainer import seed_everything
 log = logging.getLogger(__name__)
 
 
+#: What ``audio.reference`` may name: nothing, or scikit-learn's logistic regression on the same inputs.
+REFERENCES = (None, "logreg")
+
+
+def check_audio_config(cfg: DictConfig) -> None:
+    """Refuse now what :func:`train_audio` would refuse after extracting its inputs (minutes of audio
+    decoding for a catalogue) or after training: the model kind and its layer sizes, the trainer
+    settings and the reference."""
+    branch = cfg.audio
+    model_cfg = OmegaConf.to_container(branch.model, resolve=True)
+    labels = list(cfg.labels.classes)
+    build_audio_model(model_cfg, labels)
+    # One stand-in target per class: balanced class weights are computed from the real ones at training.
+    trainer_config(cfg, branch.get("trainer"), train_targets=range(len(labels)), n_classes=len(labels))
+    reference = branch.get("reference")
+    if reference not in REFERENCES:
+        raise ValueError(f"audio.reference must be null or logreg, got {reference!r}")
+    if reference == "logreg" and branch.get("segments"):
+        raise ValueError("audio.reference=logreg compares per-clip feature models; drop it for segment models "
+                         "(audio.segments is set)")
+
+
 def train_audio(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Fit ``cfg.audio`` on the train part, early-stop on val, report on test (per clip).
 
@@ -39,6 +61,7 @@ def train_audio(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     features and split is reported beside it (``reference_logreg/``) with the paired
     accuracy difference. Returns the test metrics.
     """
+    check_audio_config(cfg)
     branch = cfg.audio
     model_cfg = OmegaConf.to_container(branch.model, resolve=True)
     prepared, inputs, spec = audio_branch_inputs(cfg, run_dir)
@@ -78,8 +101,6 @@ def train_audio(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     metrics, clips, clip_proba = train_and_report(network, train.dataset(kinds), val.dataset(kinds), config, run_dir,
                                                   labels, title, card, predict_held_out, checkpoint_metadata)
     if branch.get("reference") == "logreg":
-        if n_segments:
-            raise ValueError("audio.reference=logreg compares per-clip feature models; drop it for segment models")
         test_clips = (clips["split"] == "test").to_numpy()
         log_mask = (mlp.log_mask.cpu().numpy() if isinstance(mlp, FeatureMLP)
                     else np.zeros(train.arrays[kinds[0]].shape[1], dtype=bool))

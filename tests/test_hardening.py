@@ -122,6 +122,19 @@ def test_config_mistakes_are_one_readable_line(tmp_path, override, message):
 
 
 @pytest.mark.parametrize("override,message", [
+    # Refused after the segments' log-mels were extracted and the CNN trained; the other was ignored silently.
+    ("audio=mel_cnn +audio.reference=logreg", "audio.reference=logreg compares per-clip feature models"),
+    ("audio.reference=lr", "audio.reference must be null or logreg, got 'lr'"),
+])
+def test_audio_config_mistakes_stop_the_branch_before_its_inputs_are_read(tmp_path, override, message):
+    result = _run("run.py", f"paths.root_dir={tmp_path}", "branches=[audio]", *override.split(), "hydra.run.dir=run",
+                  cwd=tmp_path, timeout=120)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "run" / "audio").exists()
+
+
+@pytest.mark.parametrize("override,message", [
     # The audio branch trains first: each of these used to stop the run only after it had trained.
     ("covers.mode=foo", "unknown covers.mode 'foo'"),
     ("covers.model.backbone=resnet50", "resnet50 with pretrained=true needs ImageNet weights"),
