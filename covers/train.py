@@ -24,7 +24,7 @@ from torch.utils.data import TensorDataset
 from covers.augment import build_class_augment
 from covers.backbones import BackboneInfo, CoverClassifier, MapsBackbone, classifier_head, create_backbone, create_model
 from covers.inputs import backbone_embeddings, decode_covers, random_forest_features
-from covers.predict import CoverImages, CoverModel, predict_cover_inputs
+from covers.predict import TORCH_MODES, CoverImages, CoverModel, predict_cover_inputs
 from data.items import LoadResult, missing_modality
 from data.prepare import PreparedData
 from engine.config import prepare_from_config, trainer_config
@@ -125,8 +125,6 @@ def display_name(branch: DictConfig) -> str:
     return f"{branch.model.backbone}_{resolve_mode(branch.mode)}"
 
 
-#: Modes that train the shared trainer's torch head or network (the others fit a scikit-learn estimator).
-TORCH_MODES = ("finetune", "frozen")
 #: Modes that read a pretrained backbone.
 BACKBONE_MODES = ("finetune", "frozen", "logreg_probe")
 

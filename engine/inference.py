@@ -102,10 +102,18 @@ def save_checkpoint(record: dict[str, Any], path: str | Path) -> Path:
     return path
 
 
+def unfinished_training(run_dir: Path) -> str:
+    """Why a branch folder with ``last.pt`` and no ``checkpoint.pt`` has no model to use, and what to do."""
+    return (f"training in {run_dir} did not finish ({RESUME_CHECKPOINT} is there; {BEST_CHECKPOINT} is written "
+            "when training ends): run the same command with hydra.run.dir set to its run folder to resume it")
+
+
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """A checkpoint record, read without running any code; one clear :class:`CheckpointError` otherwise."""
     path = Path(path)
     if not path.is_file():
+        if path.name == BEST_CHECKPOINT and (path.parent / RESUME_CHECKPOINT).is_file():
+            raise FileNotFoundError(unfinished_training(path.parent))
         raise FileNotFoundError(f"No checkpoint at {path}")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path} is empty: not a checkpoint")

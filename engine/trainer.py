@@ -317,9 +317,9 @@ def fit(
     """Train ``model`` with early stopping on validation loss (or accuracy: ``config.monitor``); the best
     weights end up in ``model``.
 
-    Writes into ``run_dir``: ``history.csv`` (one row per epoch), ``checkpoint.pt`` (best
-    state dict + ``metadata`` such as the label list and config) and ``last.pt`` (everything
-    needed to resume). With ``resume=True`` and a ``last.pt`` present, training continues from
+    Writes into ``run_dir``: ``history.csv`` and ``last.pt`` (everything needed to resume) after every
+    epoch, and ``checkpoint.pt`` (best state dict + ``metadata`` such as the label list and config)
+    once training ends. With ``resume=True`` and a ``last.pt`` present, training continues from
     it (the config and number of processes must be the same but for ``stop_after_epoch``).
 
     Under ``torchrun`` (see :mod:`engine.distributed`) the model trains data-parallel: every
@@ -392,9 +392,6 @@ def fit(
         if score < state["best_score"]:
             state.update(best_score=score, best_val_loss=val_loss, best_epoch=epoch, bad_epochs=0)
             best_state = copy.deepcopy(model.state_dict())
-            if writes:
-                save_checkpoint({"model_state": best_state, "epoch": epoch, "val_loss": val_loss,
-                                 "trainer": asdict(config), **(metadata or {})}, run_dir / BEST_CHECKPOINT)
         else:
             state["bad_epochs"] += 1
         state["epoch"] = epoch
@@ -418,6 +415,11 @@ def fit(
         for parameter in model.parameters():
             parameter.requires_grad_(True)
     model.load_state_dict(best_state)
+    if writes:
+        # Written once, when training ends: a run killed mid-way leaves last.pt (to resume) and no
+        # checkpoint.pt, so nothing scores or evaluates a half-trained model as if it were the result.
+        save_checkpoint({"model_state": best_state, "epoch": state["best_epoch"], "val_loss": state["best_val_loss"],
+                         "trainer": asdict(config), **(metadata or {})}, run_dir / BEST_CHECKPOINT)
     return FitResult(
         best_epoch=state["best_epoch"], best_val_loss=state["best_val_loss"], epochs_run=state["epoch"],
         stopped_early=stopped_early, history=pd.DataFrame(state["history"]),

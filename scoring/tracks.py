@@ -27,7 +27,7 @@ from acquire.verify import verify_audio, verify_cover
 from audio.predict import AudioModel, ClipInputs, clip_inputs, load_audio_model, predict_clips
 from covers.inputs import decode_covers
 from covers.predict import CoverModel, load_cover_model, predict_decoded_covers
-from engine.inference import BEST_CHECKPOINT, read_checkpoint
+from engine.inference import BEST_CHECKPOINT, RESUME_CHECKPOINT, read_checkpoint, unfinished_training
 from engine.predictions import present, probability_columns, with_predictions
 from fusion.heads import FUSION_HEAD, FusionHead, fusion_inputs, load_fusion_head
 
@@ -57,7 +57,13 @@ def load_track_scorer(model_dir: str | Path) -> TrackScorer:
     cover_model: CoverModel | None = None
     audio_model: AudioModel | None = None
     labels: dict[str, list[str]] = {}
-    for folder in (model_dir / "covers", model_dir / "audio", model_dir):
+    folders = (model_dir / "covers", model_dir / "audio", model_dir)
+    # A branch killed mid-training: the run has no model of it (and no fusion head); scoring on with the
+    # other branch alone would quietly be another model than the run's.
+    unfinished = [f for f in folders if (f / RESUME_CHECKPOINT).is_file() and not (f / BEST_CHECKPOINT).is_file()]
+    if unfinished:
+        raise FileNotFoundError(unfinished_training(unfinished[0]))
+    for folder in folders:
         checkpoint = folder / BEST_CHECKPOINT
         if not checkpoint.is_file():
             continue

@@ -1,3 +1,8 @@
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -74,6 +79,37 @@ def test_resume_continues_where_it_stopped(tmp_path):
     pd.testing.assert_frame_equal(a, b)
     for p, q in zip(whole.state_dict().values(), resumed.state_dict().values()):
         assert torch.equal(p, q)
+
+
+def test_a_killed_training_leaves_no_model_to_score_until_it_is_resumed(tmp_path):
+    """checkpoint.pt was written at every better epoch, so a run killed at epoch 3 of 50 left a model that
+    scoring and evaluation took for the result. Now only last.pt is there until training ends."""
+    from scoring.tracks import load_track_scorer
+
+    run_dir = tmp_path / "audio"
+    endless = "max_epochs=100_000, patience=100_000"
+    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+            "from test_trainer import _blobs, _config, _model\nfrom engine.trainer import fit\n"
+            f"fit(_model(), _blobs(), _blobs(seed=1), _config({endless}), {str(run_dir)!r})\n")
+    process = subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).parent.parent)
+    try:
+        deadline = time.monotonic() + 120
+        while not ((run_dir / "history.csv").is_file() and len(pd.read_csv(run_dir / "history.csv")) >= 3):
+            assert process.poll() is None and time.monotonic() < deadline, "training did not get going"
+            time.sleep(0.05)
+    finally:
+        process.kill()
+        process.wait()
+    assert (run_dir / "last.pt").is_file() and not (run_dir / "checkpoint.pt").exists()
+    with pytest.raises(FileNotFoundError, match="did not finish.*to resume it"):
+        read_checkpoint(run_dir / "checkpoint.pt")
+    with pytest.raises(FileNotFoundError, match="did not finish"):
+        load_track_scorer(tmp_path)  # a main-job run folder whose audio branch was killed
+    epochs_done = read_checkpoint(run_dir / "last.pt")["loop_state"]["epoch"]
+    result = fit(_model(), _blobs(), _blobs(seed=1),
+                 _config(max_epochs=100_000, patience=100_000, stop_after_epoch=epochs_done + 1), run_dir)
+    assert result.epochs_run == epochs_done + 1
+    assert load_checkpoint(run_dir / "checkpoint.pt")["epoch"] == result.best_epoch
 
 
 def test_resume_refuses_other_config(tmp_path):
