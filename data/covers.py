@@ -102,13 +102,3 @@ def load_covers_table(
     frame["audio_path"] = ""
     frame = frame.drop(columns=["_line", "path", "genre"])
     return LoadResult(finish_table(frame), problems_frame(problems))
-
-
-def duplicate_report(items: pd.DataFrame, key: str = "md5") -> pd.DataFrame:
-    """One row per content hash that occurs more than once: count and the labels it carries."""
-    if key not in items.columns:
-        return pd.DataFrame(columns=[key, "count", "labels"])
-    counted = items[items[key] != ""].groupby(key)["label"].agg(
-        count="size", labels=lambda s: ",".join(sorted(set(s)))
-    )
-    return counted[counted["count"] > 1].reset_index().sort_values("count", ascending=False)

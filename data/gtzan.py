@@ -18,7 +18,6 @@ FEATURE_COLUMNS: list[str] = (
     + ["tempo"]
     + [f"mfcc{i}_{stat}" for i in range(1, 21) for stat in ("mean", "var")]
 )
-GENRES = ["blues", "classical", "country", "disco", "hiphop", "jazz", "metal", "pop", "reggae", "rock"]
 AUDIO_SUFFIXES = (".ogg", ".wav", ".flac", ".mp3", ".au")
 #: Samples in one 3-second segment of ``features_3_sec.csv`` (at 22,050 Hz): segment k starts at
 #: k · 3 s (k · 66,150 samples) and holds 66,149 samples, which reproduces that table exactly.

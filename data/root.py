@@ -41,14 +41,3 @@ def resolve_data_root(configured: str | os.PathLike | None = None) -> Path:
         f"Set {ENV_VAR}=/path/to/datasets or paths.data_root=/path/to/datasets "
         "(the folder holding covers/, gtzan/, musicoset/)."
     )
-
-
-def require_files(root: Path, relative_paths: list[str], what: str) -> None:
-    """Raise :class:`DataRootError` listing every path of ``relative_paths`` missing under ``root``."""
-    missing = [p for p in relative_paths if not (root / p).exists()]
-    if missing:
-        raise DataRootError(
-            f"The data root {root} is incomplete for {what}: missing "
-            + ", ".join(missing)
-            + f". Point {ENV_VAR} or paths.data_root at a complete copy."
-        )

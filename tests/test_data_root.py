@@ -1,6 +1,7 @@
 import pytest
 
-from data.root import DataRootError, require_files, resolve_data_root
+from data.gtzan import load_gtzan_features
+from data.root import DataRootError, resolve_data_root
 
 
 def test_env_var_wins(tmp_path, monkeypatch):
@@ -21,7 +22,9 @@ def test_missing_root_names_where_it_looked(tmp_path, monkeypatch):
     assert "GENREFUSION_DATA" in str(error.value)
 
 
-def test_incomplete_root_lists_missing_parts(tmp_path):
+def test_a_root_missing_a_dataset_names_the_table_it_lacks(tmp_path, monkeypatch):
     (tmp_path / "covers").mkdir()
-    with pytest.raises(DataRootError, match="gtzan/features_30_sec.csv"):
-        require_files(tmp_path, ["covers", "gtzan/features_30_sec.csv"], "the audio branch")
+    monkeypatch.setenv("GENREFUSION_DATA", str(tmp_path))
+    features = resolve_data_root() / "gtzan" / "features_30_sec.csv"
+    with pytest.raises(FileNotFoundError, match="gtzan/features_30_sec.csv"):
+        load_gtzan_features(features)

@@ -3,7 +3,7 @@ import shutil
 import pandas as pd
 import pytest
 
-from data.covers import duplicate_report, load_covers_table
+from data.covers import load_covers_table
 from data.gtzan import FEATURE_COLUMNS, load_gtzan_audio, load_gtzan_features, load_predefined_split
 from data.items import ITEM_COLUMNS
 
@@ -23,7 +23,8 @@ def test_covers_groups_tie_shared_md5_and_artist(covers_loaded):
     for key in ("md5", "artist_id"):
         keyed = items[items[key] != ""]
         assert (keyed.groupby(key)["group"].nunique() == 1).all(), key
-    assert len(duplicate_report(items)) > 0
+    # Not vacuous: the shared covers hold the same image under several releases.
+    assert items.loc[items["md5"] != "", "md5"].duplicated().any()
 
 
 def _write_csv(path, header, rows):
