@@ -66,6 +66,10 @@ class HybridNet(nn.Module):
         return self.head[-1](self.embed(inputs))
 
 
+#: ``build(model_cfg, labels) -> nn.Module``
+ModelBuilder = Callable[[dict[str, Any], Sequence[str]], nn.Module]
+
+
 @dataclass(frozen=True)
 class AudioModelKind:
     """How to build one kind of audio model from its config and label set, and which inputs it reads.
@@ -76,7 +80,7 @@ class AudioModelKind:
     """
 
     inputs: tuple[str, ...]
-    build: Callable[[dict[str, Any], Sequence[str]], nn.Module]
+    build: ModelBuilder
     trainable: bool = True
     min_seconds: float = 0.0
 
@@ -84,9 +88,11 @@ class AudioModelKind:
 AUDIO_MODELS: Registry[AudioModelKind] = Registry("audio.model.kind")
 
 
-def register_audio_model(name: str, inputs: tuple[str, ...], trainable: bool = True, min_seconds: float = 0.0):
+def register_audio_model(
+    name: str, inputs: tuple[str, ...], trainable: bool = True, min_seconds: float = 0.0
+) -> Callable[[ModelBuilder], ModelBuilder]:
     """Decorator over ``build(model_cfg, labels) -> nn.Module``: a new ``audio.model.kind``."""
-    def add(build: Callable[[dict[str, Any], Sequence[str]], nn.Module]):
+    def add(build: ModelBuilder) -> ModelBuilder:
         AUDIO_MODELS.register(name)(AudioModelKind(tuple(inputs), build, trainable, min_seconds))
         return build
     return add

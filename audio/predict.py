@@ -237,7 +237,7 @@ class _Embedder(nn.Module):
         super().__init__()
         self.network = network
 
-    def forward(self, inputs):
+    def forward(self, inputs: torch.Tensor | tuple[torch.Tensor, ...]) -> torch.Tensor:
         return self.network.embed(inputs)
 
 

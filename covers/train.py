@@ -31,7 +31,7 @@ from engine.config import prepare_from_config, trainer_config
 from engine.predictions import read_predictions
 from engine.registry import Registry
 from engine.run import fit_estimator_and_report, held_out, train_and_report
-from engine.trainer import seed_everything
+from engine.trainer import TrainerConfig, seed_everything
 
 log = logging.getLogger(__name__)
 COVER_MODES: Registry = Registry("covers.mode")
@@ -72,7 +72,7 @@ class CoverRun:
         masks = {"train": (items["split"] == "train").to_numpy(), "held": held_out(items)}
         return {part: (items[mask].reset_index(drop=True), x[mask]) for part, mask in masks.items()}
 
-    def trainer(self, train_items: pd.DataFrame):
+    def trainer(self, train_items: pd.DataFrame) -> TrainerConfig:
         override = OmegaConf.to_container(self.cfg.covers.trainer, resolve=True)
         if self.cfg.covers.get("class_weights_from"):
             override["class_weights"] = precision_class_weights(self.cfg.covers.class_weights_from, self.labels)

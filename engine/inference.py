@@ -45,7 +45,7 @@ def to_device(inputs: Any, device: torch.device) -> Any:
     return inputs.to(device, non_blocking=True)
 
 
-def autocast(device: torch.device, enabled: bool = True):
+def autocast(device: torch.device, enabled: bool = True) -> torch.autocast:
     """bf16 autocast on CUDA; a no-op on CPU (CPU results stay float32, bit for bit)."""
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
 
