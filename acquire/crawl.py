@@ -32,11 +32,11 @@ from typing import Any
 
 import pandas as pd
 import requests
-from tqdm.auto import tqdm
 
 from acquire.http import Retrier, RetryPolicy, TruncatedResponse, Unavailable, download
 from acquire.verify import verify_audio, verify_cover
 from engine.io import write_bytes_atomic
+from engine.progress import progress_bar
 
 log = logging.getLogger(__name__)
 # spotipy logs request headers (the bearer token) at DEBUG: keep its records above that.
@@ -348,7 +348,7 @@ def _crawl_covers(items, out_dir, status, spotify, musicbrainz, session, retry, 
         except Exception as error:  # noqa: BLE001 — Spotify's covers are still fetched
             log.warning("MusicBrainz lookup failed (%s); covers Spotify lacks are left for the next run", error)
             releases = {a: "" for a in missing}  # "": unknown for now, not "no release" (None)
-    for index, row in tqdm(todo.iterrows(), total=len(todo), desc="covers", disable=not progress):
+    for index, row in progress_bar(todo.iterrows(), total=len(todo), desc="covers", enabled=progress):
         url, source = given[index] or spotify_urls.get(row["album_id"]), "spotify"
         if not url and row["album_id"] in releases:
             release = releases[row["album_id"]]
@@ -371,7 +371,7 @@ def _crawl_tags(items, out_dir, status, musicbrainz, progress) -> None:
             status.record(item_id, "tags", "failed", "musicbrainz",
                           detail=f"url lookup: {type(error).__name__}: {error}")
         return
-    for _, row in tqdm(todo.iterrows(), total=len(todo), desc="genre tags", disable=not progress):
+    for _, row in progress_bar(todo.iterrows(), total=len(todo), desc="genre tags", enabled=progress):
         release = releases.get(row["album_id"])
         if not release:
             reason = "no MusicBrainz release links this Spotify album" if row["album_id"] else "no album_id"
@@ -400,7 +400,7 @@ def _crawl_previews(items, out_dir, status, spotify, deezer, session, retry, set
     except Exception as error:  # noqa: BLE001 — fall back to Deezer for every track
         log.warning("Spotify track lookup failed (%s); using Deezer search only", error)
         spotify_urls = {}
-    for _, row in tqdm(todo.iterrows(), total=len(todo), desc="previews", disable=not progress):
+    for _, row in progress_bar(todo.iterrows(), total=len(todo), desc="previews", enabled=progress):
         url, source = spotify_urls.get(row["track_id"]), "spotify"
         if not url and deezer is not None and row["track_title"]:
             source = "deezer"

@@ -24,7 +24,6 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 import torch
-from tqdm.auto import tqdm
 
 from audio.features import HOP_LENGTH, N_FFT
 from audio.features_torch import GtzanFeatures, gtzan_features_torch
@@ -35,6 +34,7 @@ from audio.musicnn import musicnn_outputs, output_columns
 from data.gtzan import FEATURE_COLUMNS, SEGMENT_HOP_SAMPLES, SEGMENT_SAMPLES
 from data.items import LoadResult, file_digest, problems_frame
 from engine.cache import ArrayCache, JsonCache, cache_key
+from engine.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -263,7 +263,7 @@ def _map_on_workers(n_jobs: int, jobs: list[tuple], bar: dict[str, Any], retries
     """
     pool = _worker_pool(n_jobs)
     try:
-        return list(tqdm(pool.map(_file_job, *zip(*jobs)), **bar))
+        return list(progress_bar(pool.map(_file_job, *zip(*jobs)), **bar))
     except BrokenProcessPool:
         _POOLS.pop(n_jobs, None)
         pool.shutdown(cancel_futures=True)
@@ -280,11 +280,11 @@ def _run(items: pd.DataFrame, job, cache_dir, n_jobs: int, progress: bool) -> tu
         by_file.setdefault(path, []).append(row)
     jobs = [(path, tuple(int(segments.iloc[r]) for r in rows), str(cache_dir) if cache_dir else None, job)
             for path, rows in by_file.items()]
-    bar: dict[str, Any] = {"total": len(jobs), "desc": f"{job.namespace} (audio files)", "disable": not progress}
+    bar: dict[str, Any] = {"total": len(jobs), "desc": f"{job.namespace} (audio files)", "enabled": progress}
     if n_jobs > 1 and len(jobs) > 1:
         per_file = _map_on_workers(n_jobs, jobs, bar)
     else:
-        per_file = [_file_job(*args) for args in tqdm(jobs, **bar)]
+        per_file = [_file_job(*args) for args in progress_bar(jobs, **bar)]
     outcomes: dict[int, Outcome] = {}
     for rows, results in zip(by_file.values(), per_file):
         outcomes.update(zip(rows, results))

@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from covers.backbones import BackboneInfo, MapsBackbone
 from covers.images import CoverError, check_cover_file, load_cover
 from data.items import LoadResult, file_digest, problems_frame
 from engine.cache import ArrayCache, cache_key
 from engine.inference import resolve_device
+from engine.progress import progress_bar
 
 #: Bump when a feature computation changes, so old cache entries stop matching.
 INPUTS_VERSION = 1
@@ -59,7 +59,7 @@ def _per_cover(items: pd.DataFrame, namespace: str, params: dict, cache_dir: str
                 cache.put(key, value)
         pending.clear()
 
-    for row in tqdm(range(len(items)), desc=desc, disable=not progress):
+    for row in progress_bar(range(len(items)), desc=desc, enabled=progress):
         item = items.iloc[row]
         try:
             check_cover_file(item["cover_path"])

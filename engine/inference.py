@@ -16,9 +16,9 @@ import pandas as pd
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from engine.io import atomic_path
+from engine.progress import progress_bar
 
 BEST_CHECKPOINT = "checkpoint.pt"
 RESUME_CHECKPOINT = "last.pt"
@@ -58,7 +58,7 @@ def predict_proba(model: nn.Module, dataset: Dataset, batch_size: int = 256, dev
     model.to(device_).eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     chunks = []
-    for inputs, _ in tqdm(loader, desc="predict", leave=False, disable=not progress):
+    for inputs, _ in progress_bar(loader, desc="predict", nested=True, enabled=progress):
         with autocast(device_):
             logits = model(to_device(inputs, device_))
         chunks.append(torch.softmax(logits.float(), dim=1).cpu().numpy())

@@ -21,12 +21,12 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Sampler
-from tqdm.auto import tqdm
 
 from engine import distributed
 from engine.inference import (BEST_CHECKPOINT, RESUME_CHECKPOINT, autocast, read_checkpoint, resolve_device,
                               save_checkpoint, to_device)
 from engine.io import atomic_path
+from engine.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +218,8 @@ def _run_epoch(model, loader, criterion, device, config, optimizer=None, desc=""
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 module.eval()
     total_loss, total_weight, correct, seen = 0.0, 0.0, 0, 0
-    batches = iter(tqdm(loader, desc=desc, leave=False, disable=not config.progress or not distributed.is_main_process()))
+    batches = iter(progress_bar(loader, desc=desc, nested=True,
+                                 enabled=config.progress and distributed.is_main_process()))
     started, waited = time.perf_counter(), 0.0
     with torch.set_grad_enabled(training):
         while True:
@@ -374,8 +375,8 @@ def fit(
 
     started = time.perf_counter()
     stopped_early = state["bad_epochs"] >= config.patience
-    epochs = tqdm(range(state["epoch"] + 1, config.max_epochs + 1), desc="epochs",
-                  disable=not config.progress or not writes, initial=state["epoch"], total=config.max_epochs)
+    epochs = progress_bar(range(state["epoch"] + 1, config.max_epochs + 1), desc="epochs", unit="epoch",
+                          enabled=config.progress and writes, initial=state["epoch"], total=config.max_epochs)
     for epoch in epochs:
         if stopped_early:
             break
@@ -411,6 +412,7 @@ def fit(
         epochs.set_postfix(train_loss=f"{train_loss:.3f}", val_loss=f"{val_loss:.3f}", val_acc=f"{val_acc:.3f}")
         if config.stop_after_epoch is not None and epoch >= config.stop_after_epoch:
             break
+    epochs.close()
     if config.freeze_epochs:
         for parameter in model.parameters():
             parameter.requires_grad_(True)

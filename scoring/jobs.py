@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from tqdm.auto import tqdm
 
 from acquire.http import Downloader
 from engine.inference import resolve_device
+from engine.progress import progress_bar
 from scoring.tables import ScoresWriter, open_scores, parse_shard, read_track_table, resolve_ids, write_csv_copy
 from scoring.tracks import TrackScorer, load_track_scorer, output_columns, output_rows, prepare_batch, scoring_inputs
 
@@ -103,8 +103,8 @@ def score_table(input_table: str | Path, model_dir: str | Path, output: str | Pa
         spec, downloader = scoring_inputs(job.scorer), Downloader(job.download_dir)
         start = time.perf_counter()
         statuses: list[str] = []
-        for rows in tqdm(job.batches(batch_size), desc=f"score shard {job.shard}", unit="batch",
-                         disable=not progress):
+        for rows in progress_bar(job.batches(batch_size), desc=f"score shard {job.shard}", unit="batch",
+                                 enabled=progress):
             out = output_rows(job.scorer, prepare_batch(spec, rows, downloader, cache, n_jobs, feature_device), device)
             job.writer.write(out)
             statuses += out["status"].tolist()

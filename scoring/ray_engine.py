@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from tqdm.auto import tqdm
 
 from acquire.http import Downloader
 from audio.extract import compile_feature_kernels
+from engine.progress import progress_bar
 from scoring.jobs import plan_job
 from scoring.tracks import ScoringInputs, load_track_scorer, output_rows, prepare_batch, scoring_inputs
 
@@ -105,8 +105,8 @@ def score_table_ray(input_table: str | Path, model_dir: str | Path, output: str 
                                    num_cpus=actor_cpus,
                                    fn_constructor_kwargs={"model_dir": str(Path(model_dir).resolve()),
                                                           "device": device}))
-            bar = tqdm(total=len(job.todo), desc=f"score shard {job.shard} (ray)", unit="track",
-                       disable=not progress)
+            bar = progress_bar(desc=f"score shard {job.shard} (ray)", total=len(job.todo), unit="track",
+                               enabled=progress)
             for out in scored.iter_batches(batch_size=None, batch_format="pandas"):
                 out = out.reset_index(drop=True)
                 job.writer.write(out)

@@ -101,6 +101,17 @@ def test_main_job_prints_image_audio_and_fused_rows(main_job_run):
         assert (run_dir / branch / "checkpoint.pt").is_file() and (run_dir / branch / "predictions.csv").is_file()
 
 
+def test_a_run_whose_output_is_a_file_logs_lines_instead_of_redrawing_bars(tmp_path):
+    """Progress on (the default), standard error captured: no carriage-return redraws, no bar text."""
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "run.py"), f"paths.root_dir={tmp_path}",
+                             "branches=[audio]", "audio.trainer.max_epochs=30"],
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    assert "\r" not in output and "it/s" not in output and "epochs:" not in output
+    assert "audio-only (feature_mlp)" in result.stdout
+
+
 def test_wrong_config_key_is_a_clear_error(tmp_path):
     result = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "run.py"), f"paths.root_dir={tmp_path}", "+trainer.lrr=0.1"],
