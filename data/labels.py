@@ -82,5 +82,5 @@ def apply_label_set(
         counts["duplicate_copies"] = int(copies.sum())
         items = items[~copies]
     counts["kept"] = len(items)
-    log.info("label set %s: %s", list(labels), counts)
+    log.debug("label set %s: %s", list(labels), counts)  # data.prepare logs the counts with the split
     return items.reset_index(drop=True), counts

@@ -69,8 +69,8 @@ def prepare_items(
     parts = split[["item_id", spec.column]].rename(columns={spec.column: "split"})
     items = items.merge(parts, on="item_id", how="inner")
     items["y"] = items["label"].map({label: i for i, label in enumerate(labels)})
-    log.info("%d items, %d dropped outside the label set, %d duplicate copies, %d ambiguous; split %s (%s)",
-             len(items), counts["out_of_set"], counts["duplicate_copies"], counts["ambiguous_label"],
+    log.info("%d items of %s, %d dropped outside the label set, %d duplicate copies, %d ambiguous; split %s (%s)",
+             len(items), list(labels), counts["out_of_set"], counts["duplicate_copies"], counts["ambiguous_label"],
              split_path, spec.protocol)
     return PreparedData(items=items, labels=list(labels), split_path=Path(split_path), spec=spec,
                         counts=counts, problems=loaded.problems)

@@ -191,7 +191,7 @@ def load_or_make_split(items: pd.DataFrame, spec: SplitSpec, path: str | Path, l
                 "its loading changed). Delete it to make a new split, or set split.name to "
                 "another name."
             )
-        log.info("reusing split %s", path)
+        log.debug("reusing split %s", path)  # data.prepare names the split it uses
         return split
     split = make_split(items, spec)
     singletons = bool(split["group"].is_unique)
