@@ -25,11 +25,13 @@ MAIN ?= experiment=real_pairs
 run: $(STAMP) $(WEIGHTS)
 	$(PY) scripts/run.py $(MAIN) $(ARGS)
 
-# Fusion methods × 3 seeds (Hydra multirun), then one summary table (mean ± std over seeds).
+# Fusion methods × 3 seeds (Hydra multirun), then one summary table (mean ± std over seeds), failed runs
+# listed with why; the exit status is the sweep's.
 ablation: $(STAMP) $(WEIGHTS)
 	dir=outputs/multirun/ablation-$$(date +%Y%m%d-%H%M%S); \
 	$(PY) scripts/run.py -m fusion.method=weighted,mean,logreg,mlp seed=1,2,3 trainer.progress=false \
-		hydra.sweep.dir=$$dir $(ARGS) && $(PY) scripts/summarize_sweep.py $$dir
+		hydra.sweep.dir=$$dir $(ARGS); status=$$?; \
+	$(PY) scripts/summarize_sweep.py $$dir && exit $$status
 
 # The suite in TEST_WORKERS processes (pytest-xdist), each taking a whole test file so that a file's
 # shared fixtures are built once, and one math thread each so that the workers do not oversubscribe

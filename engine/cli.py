@@ -6,11 +6,19 @@ import os
 import sys
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 F = TypeVar("F", bound=Callable[..., Any])
 #: Set to 1 to get the full traceback of a user error too.
 DEBUG_ENV = "GENREFUSION_DEBUG"
+#: In a failed job of a Hydra multirun, why it failed (the error line, or a bug's traceback).
+FAILURE_FILE = "error.txt"
+
+
+class SweepJobError(RuntimeError):
+    """One sweep job's input or config error, already printed: Hydra marks the job failed, runs the
+    others, and ends the sweep with a non-zero exit status."""
 
 
 def _user_error(error: BaseException) -> BaseException | None:
@@ -38,6 +46,9 @@ def report_user_errors(function: F) -> F:
     The message is the innermost such error's (a missing data root inside a config interpolation
     reads as the missing data root), with where it was raised. Other exceptions (bugs) keep their
     traceback; so does everything when ``GENREFUSION_DEBUG=1``.
+
+    In one job of a Hydra multirun, an error fails that job alone: it is printed, written to the
+    job's :data:`FAILURE_FILE`, and raised to Hydra, which runs the other jobs before it reports it.
     """
     @functools.wraps(function)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -47,7 +58,10 @@ def report_user_errors(function: F) -> F:
             from omegaconf.errors import OmegaConfBaseException
 
             user = _user_error(error)
+            job_dir = _multirun_job_dir()
             if user is None or os.environ.get(DEBUG_ENV) == "1":
+                if job_dir is not None:
+                    (job_dir / FAILURE_FILE).write_text("".join(traceback.format_exception(error)))
                 raise
             frame = traceback.extract_tb(user.__traceback__)[-1] if user.__traceback__ else None
             where = f" [{os.path.relpath(frame.filename)}:{frame.lineno}]" if frame else ""
@@ -55,5 +69,18 @@ def report_user_errors(function: F) -> F:
             if isinstance(user, OmegaConfBaseException):  # its first line says it; full_key/object_type lines follow
                 message = message.splitlines()[0]
             print(f"error: {message}{where}\n(set {DEBUG_ENV}=1 for the traceback)", file=sys.stderr)
+            if job_dir is not None:
+                (job_dir / FAILURE_FILE).write_text(f"error: {message}{where}\n")
+                raise SweepJobError(message) from None
             sys.exit(2)
     return wrapper  # type: ignore[return-value]
+
+
+def _multirun_job_dir() -> Path | None:
+    """The job's output folder when this call is one job of a Hydra multirun, else ``None``."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    return Path(HydraConfig.get().runtime.output_dir)

@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from engine.cli import FAILURE_FILE
 from engine.report import HEADLINE as METRICS
 
 
@@ -14,7 +15,8 @@ def collect_runs(sweep_dir: str | Path) -> pd.DataFrame:
     """One row per (run, result row): its overrides as columns, then the metrics.
 
     A run folder is any folder below ``sweep_dir`` holding ``results.json`` and
-    ``.hydra/overrides.yaml``; runs that failed (no ``results.json``) are listed with ``status``.
+    ``.hydra/overrides.yaml``; runs that failed (no ``results.json``) are listed with ``status``
+    ``failed: …`` and why (the last line of the job's error file: the error, or a bug's exception).
     """
     records = []
     for overrides_file in sorted(Path(sweep_dir).rglob(".hydra/overrides.yaml")):
@@ -22,7 +24,10 @@ def collect_runs(sweep_dir: str | Path) -> pd.DataFrame:
         overrides = dict(o.split("=", 1) for o in yaml.safe_load(overrides_file.read_text()) or [] if "=" in o)
         results_file = run / "results.json"
         if not results_file.is_file():
-            records.append({"run": str(run), **overrides, "status": "failed (no results.json)"})
+            failure = run / FAILURE_FILE
+            lines = failure.read_text().strip().splitlines() if failure.is_file() else []
+            why = lines[-1] if lines else "no results.json"
+            records.append({"run": str(run), **overrides, "status": f"failed: {why}"})
             continue
         for name, metrics in json.loads(results_file.read_text()).items():
             records.append({"run": str(run), **overrides, "status": "ok", "row": name,

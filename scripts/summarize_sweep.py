@@ -25,8 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     summary.to_csv(args.sweep_dir / "summary.csv", index=False)
     table = to_markdown(summary)
     (args.sweep_dir / "summary.md").write_text(table + "\n")
-    failed = int((runs["status"] != "ok").sum())
-    print(table + (f"\n\n{failed} run(s) failed; see runs.csv" if failed else "") + f"\n\nWritten to {args.sweep_dir}")
+    failed = runs[runs["status"] != "ok"]
+    failures = "".join(f"\n  {run.run}: {run.status}" for run in failed.itertuples())
+    print(table + (f"\n\n{len(failed)} run(s) failed:{failures}" if len(failed) else "") + f"\n\nWritten to {args.sweep_dir}")
     return 0
 
 

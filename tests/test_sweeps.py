@@ -35,3 +35,22 @@ def test_slurm_launcher_config_composes_onto_submitit():
     assert "hydra_submitit_launcher.submitit_launcher.SlurmLauncher" in result.stdout
     for line in ("partition: gpu", "gpus_per_node: 1", "timeout_min: 240"):
         assert line in result.stdout, line
+
+
+def test_a_job_that_fails_fails_alone_and_the_summary_says_why(tmp_path):
+    """A config mistake in one job of a sweep (lr=abc) used to end the sweep before the next job ran."""
+    sweep = tmp_path / "sweep"
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "run.py"), "-m", "branches=[audio]",
+                             "audio=feature_linear", "audio.trainer.max_epochs=5", "audio.trainer.lr=abc,1e-3",
+                             "trainer.progress=false", f"paths.root_dir={tmp_path}", f"hydra.sweep.dir={sweep}"],
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode != 0  # the sweep as a whole failed…
+    assert result.stderr.count("error: trainer.lr must be float, got 'abc'") == 1
+    assert (sweep / "1" / "results.json").is_file()  # …but its other job ran to the end
+    summary = subprocess.run([sys.executable, str(ROOT / "scripts" / "summarize_sweep.py"), str(sweep)],
+                             capture_output=True, text=True, timeout=60)
+    assert summary.returncode == 0, summary.stderr
+    runs = pd.read_csv(sweep / "runs.csv", dtype=str).set_index("audio.trainer.lr")
+    assert runs.loc["abc", "status"].startswith("failed: error: trainer.lr must be float, got 'abc'")
+    assert runs.loc["0.001", "status"] == "ok"  # Hydra writes 1e-3 so
+    assert "1 run(s) failed" in summary.stdout and "trainer.lr must be float" in summary.stdout
