@@ -20,14 +20,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--over", default="seed", help="override averaged over (default: seed)")
     args = parser.parse_args(argv)
     runs = collect_runs(args.sweep_dir)
-    summary = summarise(runs, over=args.over)
     runs.to_csv(args.sweep_dir / "runs.csv", index=False)
+    failed = runs[runs["status"] != "ok"]
+    failures = f"{len(failed)} run(s) failed:" + "".join(f"\n  {run.run}: {run.status}" for run in failed.itertuples())
+    if len(failed) == len(runs):
+        raise ValueError(f"no run of {args.sweep_dir} finished; {failures}")
+    summary = summarise(runs, over=args.over)
     summary.to_csv(args.sweep_dir / "summary.csv", index=False)
     table = to_markdown(summary)
     (args.sweep_dir / "summary.md").write_text(table + "\n")
-    failed = runs[runs["status"] != "ok"]
-    failures = "".join(f"\n  {run.run}: {run.status}" for run in failed.itertuples())
-    print(table + (f"\n\n{len(failed)} run(s) failed:{failures}" if len(failed) else "") + f"\n\nWritten to {args.sweep_dir}")
+    print(table + (f"\n\n{failures}" if len(failed) else "") + f"\n\nWritten to {args.sweep_dir}")
     return 0
 
 

@@ -54,3 +54,16 @@ def test_a_job_that_fails_fails_alone_and_the_summary_says_why(tmp_path):
     assert runs.loc["abc", "status"].startswith("failed: error: trainer.lr must be float, got 'abc'")
     assert runs.loc["0.001", "status"] == "ok"  # Hydra writes 1e-3 so
     assert "1 run(s) failed" in summary.stdout and "trainer.lr must be float" in summary.stdout
+
+
+def test_a_sweep_where_no_run_finished_is_summarised_as_that(tmp_path):
+    """The summary used to die with pandas' KeyError when no run had results."""
+    sweep = tmp_path / "sweep"
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "run.py"), "-m", "branches=[audio]",
+                    "audio.trainer.lr=abc,xyz", f"paths.root_dir={tmp_path}", f"hydra.sweep.dir={sweep}"],
+                   capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    summary = subprocess.run([sys.executable, str(ROOT / "scripts" / "summarize_sweep.py"), str(sweep)],
+                             capture_output=True, text=True, timeout=60)
+    assert summary.returncode == 2 and f"error: no run of {sweep} finished; 2 run(s) failed" in summary.stderr
+    assert "got 'xyz'" in summary.stderr and "Traceback" not in summary.stderr
+    assert len(pd.read_csv(sweep / "runs.csv")) == 2
