@@ -101,6 +101,7 @@ def test_main_job_prints_image_audio_and_fused_rows(main_job_run):
         assert (run_dir / branch / "checkpoint.pt").is_file() and (run_dir / branch / "predictions.csv").is_file()
 
 
+@pytest.mark.slow
 def test_a_run_whose_output_is_a_file_logs_lines_instead_of_redrawing_bars(tmp_path):
     """Progress on (the default), standard error captured: no carriage-return redraws, no bar text."""
     result = subprocess.run([sys.executable, str(ROOT / "scripts" / "run.py"), f"paths.root_dir={tmp_path}",

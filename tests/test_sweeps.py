@@ -37,6 +37,7 @@ def test_slurm_launcher_config_composes_onto_submitit():
         assert line in result.stdout, line
 
 
+@pytest.mark.slow
 def test_a_job_that_fails_fails_alone_and_the_summary_says_why(tmp_path):
     """A config mistake in one job of a sweep (lr=abc) used to end the sweep before the next job ran."""
     sweep = tmp_path / "sweep"
@@ -56,6 +57,7 @@ def test_a_job_that_fails_fails_alone_and_the_summary_says_why(tmp_path):
     assert "1 run(s) failed" in summary.stdout and "trainer.lr must be float" in summary.stdout
 
 
+@pytest.mark.slow
 def test_a_sweep_where_no_run_finished_is_summarised_as_that(tmp_path):
     """The summary used to die with pandas' KeyError when no run had results."""
     sweep = tmp_path / "sweep"
