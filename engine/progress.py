@@ -87,7 +87,7 @@ class LoggedProgress(plain_tqdm):
             self._log(step, elapsed)
 
     def close(self) -> None:
-        if not self.disable:
+        if not getattr(self, "disable", True) and hasattr(self, "start_t"):  # tqdm's __del__ closes half-built bars too
             elapsed = self._time() - self.start_t
             if elapsed >= self._quiet_for_s and self._logged_n != self.n:
                 self._log(self._logged_step, elapsed)

@@ -3,6 +3,7 @@ its reason, the other rows are scored, and nothing hangs (every case runs under 
 from __future__ import annotations
 
 import os
+import runpy
 import signal
 import subprocess
 import sys
@@ -26,6 +27,22 @@ def corpus(tmp_path_factory) -> dict[str, str]:
 def _run(script: str, *args: str, cwd: Path, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(ROOT / "scripts" / script), *args], capture_output=True, text=True,
                           timeout=timeout, cwd=cwd, env={**os.environ, **(env or {})})
+
+
+@pytest.fixture
+def run_here(tmp_path, monkeypatch, capsys):
+    """``scripts/<script> args…`` run in this process from ``tmp_path``: ``(exit status, stderr)``.
+
+    For entry points that must stop before any work: a fresh process would spend most of each case
+    importing torch. Tests of a whole process's behaviour use :func:`_run`.
+    """
+    def run(script: str, *args: str) -> tuple[int, str]:
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.setattr(sys, "argv", [str(ROOT / "scripts" / script), *args])
+        with pytest.raises(SystemExit) as stopped:
+            runpy.run_path(str(ROOT / "scripts" / script), run_name="__main__")
+        return stopped.value.code, capsys.readouterr().err
+    return run
 
 
 @pytest.mark.parametrize("name,reason", [
@@ -114,11 +131,10 @@ def test_covers_table_with_a_byte_order_mark_and_a_file_listed_twice_loads(tmp_p
     # A layer of no units trained and reported the majority class (0.107 on GTZAN) as the model's accuracy.
     ("audio.model.hidden=[0]", "audio.model.hidden must be a list of positive integers"),
 ])
-def test_config_mistakes_are_one_readable_line(tmp_path, override, message):
-    result = _run("run.py", f"paths.root_dir={tmp_path}", "branches=[audio]", *override.split(), cwd=tmp_path,
-                  timeout=120)
-    assert result.returncode == 2
-    assert message in result.stderr and "Traceback" not in result.stderr
+def test_config_mistakes_are_one_readable_line(tmp_path, run_here, override, message):
+    status, stderr = run_here("run.py", f"paths.root_dir={tmp_path}", "branches=[audio]", *override.split())
+    assert status == 2
+    assert message in stderr and "Traceback" not in stderr
 
 
 @pytest.mark.parametrize("override,message", [
@@ -126,11 +142,11 @@ def test_config_mistakes_are_one_readable_line(tmp_path, override, message):
     ("audio=mel_cnn +audio.reference=logreg", "audio.reference=logreg compares per-clip feature models"),
     ("audio.reference=lr", "audio.reference must be null or logreg, got 'lr'"),
 ])
-def test_audio_config_mistakes_stop_the_branch_before_its_inputs_are_read(tmp_path, override, message):
-    result = _run("run.py", f"paths.root_dir={tmp_path}", "branches=[audio]", *override.split(), "hydra.run.dir=run",
-                  cwd=tmp_path, timeout=120)
-    assert result.returncode == 2
-    assert message in result.stderr and "Traceback" not in result.stderr
+def test_audio_config_mistakes_stop_the_branch_before_its_inputs_are_read(tmp_path, run_here, override, message):
+    status, stderr = run_here("run.py", f"paths.root_dir={tmp_path}", "branches=[audio]", *override.split(),
+                              "hydra.run.dir=run")
+    assert status == 2
+    assert message in stderr and "Traceback" not in stderr
     assert not (tmp_path / "run" / "audio").exists()
 
 
@@ -147,11 +163,12 @@ def test_audio_config_mistakes_stop_the_branch_before_its_inputs_are_read(tmp_pa
     ("fusion.method=mean fusion.weight=0.3", "method=mean takes none"),
     ("+fusion.metod=mean", "fusion: unknown key(s) ['metod']"),
 ])
-def test_cover_and_fusion_config_mistakes_stop_the_run_before_any_branch_trains(tmp_path, override, message):
-    result = _run("run.py", f"paths.root_dir={tmp_path}", *override.split(), "hydra.run.dir=run", cwd=tmp_path,
-                  timeout=120, env={"TORCH_HOME": str(tmp_path / "torch")})  # no ResNet50 weights there
-    assert result.returncode == 2
-    assert message in result.stderr and "Traceback" not in result.stderr
+def test_cover_and_fusion_config_mistakes_stop_the_run_before_any_branch_trains(tmp_path, run_here, monkeypatch,
+                                                                              override, message):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # no ResNet50 weights there
+    status, stderr = run_here("run.py", f"paths.root_dir={tmp_path}", *override.split(), "hydra.run.dir=run")
+    assert status == 2
+    assert message in stderr and "Traceback" not in stderr
     assert not {"audio", "covers"} & {p.name for p in (tmp_path / "run").iterdir()}  # no branch trained
 
 
