@@ -86,6 +86,10 @@ class LoggedProgress(plain_tqdm):
         if due:
             self._log(step, elapsed)
 
+    def set_postfix(self, ordered_dict: dict | None = None, refresh: bool = True, **kwargs: Any) -> None:
+        # Set at the end of a step, before the loop counts it: logged with the count it belongs to.
+        super().set_postfix(ordered_dict, refresh=False, **kwargs)
+
     def close(self) -> None:
         if not getattr(self, "disable", True) and hasattr(self, "start_t"):  # tqdm's __del__ closes half-built bars too
             elapsed = self._time() - self.start_t

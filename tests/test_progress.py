@@ -33,6 +33,18 @@ def test_in_a_log_a_bar_stopped_early_logs_where_it_stopped_with_its_postfix(in_
     assert capsys.readouterr().err == ""
 
 
+def test_in_a_log_a_postfix_set_during_a_step_is_logged_with_that_step(in_a_log, monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr("tqdm.std.time", lambda: clock[0])  # tqdm's clock, moved by hand
+    monkeypatch.setattr(progress, "QUIET_FOR_S", 30.0)
+    epochs = progress_bar(range(1, 5), desc="epochs", unit="epoch")
+    for epoch in epochs:
+        clock[0] += 17.0  # an epoch's work; the first ends inside the quiet 30 s
+        epochs.set_postfix(epoch=epoch)  # the trainer's losses, set before the loop counts the epoch
+    assert in_a_log() == ["epochs: 2/4 epoch in 00:34, epoch=2", "epochs: 3/4 epoch in 00:51, epoch=3",
+                          "epochs: 4/4 epoch in 01:08, epoch=4"]
+
+
 def test_in_a_log_nested_and_disabled_bars_say_nothing(in_a_log, capsys):
     for _ in progress_bar(range(10), desc="train 1", nested=True):
         pass
