@@ -1,5 +1,6 @@
 """Broken inputs of every kind (tests/broken_corpus.py): each ends in a clear error or a per-row failure with
-its reason, the other rows are scored, and nothing hangs (every case runs under a time-out)."""
+its reason, the other rows are scored, and nothing hangs (every case in a subprocess runs under a time-out;
+the config mistakes, run in this process, stop before any work)."""
 from __future__ import annotations
 
 import os
