@@ -3,6 +3,7 @@ its reason, the other rows are scored, and nothing hangs (every case in a subpro
 the config mistakes, run in this process, stop before any work)."""
 from __future__ import annotations
 
+import logging
 import os
 import runpy
 import signal
@@ -40,8 +41,24 @@ def run_here(tmp_path, monkeypatch, capsys):
     def run(script: str, *args: str) -> tuple[int, str]:
         monkeypatch.chdir(tmp_path)
         monkeypatch.setattr(sys, "argv", [str(ROOT / "scripts" / script), *args])
-        with pytest.raises(SystemExit) as stopped:
-            runpy.run_path(str(ROOT / "scripts" / script), run_name="__main__")
+        loggers = [logging.getLogger()] + [logger for logger in logging.root.manager.loggerDict.values()
+                                           if isinstance(logger, logging.Logger)]
+        saved = [(logger, logger.handlers[:], logger.level, logger.disabled, logger.propagate) for logger in loggers]
+        try:
+            with pytest.raises(SystemExit) as stopped:
+                runpy.run_path(str(ROOT / "scripts" / script), run_name="__main__")
+        finally:
+            # Hydra configured logging for the run (handlers on this test's captured stderr, which closes
+            # with it): later tests in this process must log as before.
+            for logger, handlers, level, disabled, propagate in saved:
+                for handler in set(logger.handlers) - set(handlers):
+                    handler.close()
+                logger.handlers[:], logger.level, logger.disabled, logger.propagate = handlers, level, disabled, propagate
+            for name, logger in list(logging.root.manager.loggerDict.items()):
+                if isinstance(logger, logging.Logger) and logger not in loggers:
+                    for handler in logger.handlers[:]:
+                        handler.close()
+                        logger.removeHandler(handler)
         return stopped.value.code, capsys.readouterr().err
     return run
 
