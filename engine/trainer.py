@@ -375,9 +375,10 @@ def fit(
 
     started = time.perf_counter()
     stopped_early = state["bad_epochs"] >= config.patience
-    epochs = progress_bar(range(state["epoch"] + 1, config.max_epochs + 1), desc="epochs", unit="epoch",
-                          enabled=config.progress and writes, initial=state["epoch"], total=config.max_epochs)
-    for epoch in epochs:
+    # Counted by hand after each epoch: a loop that breaks mid-epoch (stop_after_epoch) counts it too.
+    epochs = progress_bar(desc="epochs", unit="epoch", enabled=config.progress and writes, initial=state["epoch"],
+                          total=config.max_epochs)
+    for epoch in range(state["epoch"] + 1, config.max_epochs + 1):
         if stopped_early:
             break
         tic = time.perf_counter()
@@ -409,7 +410,9 @@ def fit(
                              "scheduler_state": scheduler.state_dict() if scheduler else None,
                              "best_state": best_state, "loop_state": state, "torch_rng": rng_states,
                              "config": asdict(config)}, resume_path)
-        epochs.set_postfix(train_loss=f"{train_loss:.3f}", val_loss=f"{val_loss:.3f}", val_acc=f"{val_acc:.3f}")
+        epochs.set_postfix(train_loss=f"{train_loss:.3f}", val_loss=f"{val_loss:.3f}", val_acc=f"{val_acc:.3f}",
+                           refresh=False)
+        epochs.update()
         if config.stop_after_epoch is not None and epoch >= config.stop_after_epoch:
             break
     epochs.close()

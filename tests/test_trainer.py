@@ -335,3 +335,29 @@ def test_every_trainer_option_can_be_set_from_the_command_line():
 
     paper = OmegaConf.load(Path(__file__).resolve().parent.parent / "conf" / "trainer" / "paper.yaml")
     assert set(paper.keys()) == {field.name for field in fields(TrainerConfig)}
+
+
+def test_in_a_log_the_epochs_line_counts_every_epoch_that_ran(tmp_path, monkeypatch, caplog):
+    """Stopped after epoch 2 of 8 (a slice) and resumed to its early stop: each run's last line counts its epochs."""
+    import logging
+
+    import engine.progress as progress
+
+    monkeypatch.setattr(progress, "on_terminal", lambda: False)
+    monkeypatch.setattr(progress, "QUIET_FOR_S", 0.0)
+    caplog.set_level(logging.INFO, logger="engine.progress")
+
+    def epoch_lines():
+        lines = [r.getMessage() for r in caplog.records if r.name == "engine.progress"]
+        caplog.clear()
+        return lines
+
+    fit(_model(), _blobs(), _blobs(seed=1), _config(progress=True, stop_after_epoch=2), tmp_path)
+    last = epoch_lines()[-1]
+    sliced = pd.read_csv(tmp_path / "history.csv")
+    assert last.startswith("epochs: 2/8 epoch in ") and f"val_loss={sliced['val_loss'].iloc[1]:.3f}" in last
+    result = fit(_model(), _blobs(), _blobs(seed=1), _config(progress=True), tmp_path)
+    last = epoch_lines()[-1]
+    history = pd.read_csv(tmp_path / "history.csv")
+    assert last.startswith(f"epochs: {result.epochs_run}/8 epoch in ")
+    assert f"val_loss={history['val_loss'].iloc[-1]:.3f}" in last
