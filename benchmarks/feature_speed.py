@@ -5,7 +5,7 @@ with N worker processes (decoding included), and the torch extractor on CUDA in 
 the reference's in the same run.
 
 Usage: .venv/bin/python benchmarks/feature_speed.py [n_clips] [n_jobs]
-Writes benchmarks/results/feature_speed.json with the machine it ran on.
+Writes benchmarks/results/feature_speed.json (feature_speed_cuda.json on a GPU machine) with the machine it ran on.
 """
 from __future__ import annotations
 
@@ -81,7 +81,8 @@ def main(n_clips: int = 20, n_jobs: int = 2) -> dict:
     if torch.cuda.is_available():
         result |= _cuda(items["audio_path"].tolist(), naive)
     result |= {"command": f"python benchmarks/feature_speed.py {n_clips} {n_jobs}", "machine": machine_info()}
-    out = Path(__file__).parent / "results" / "feature_speed.json"
+    # A GPU machine's run is its own record: the 2-core figures stay in feature_speed.json.
+    out = Path(__file__).parent / "results" / f"feature_speed{'_cuda' if torch.cuda.is_available() else ''}.json"
     write_json(out, result)
     print({k: v for k, v in result.items() if k != "machine"})
     return result

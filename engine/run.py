@@ -52,19 +52,27 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+#: Set by whoever copies the tree to a machine without its .git (e.g. a lent GPU machine).
+COMMIT_ENV_VAR = "GENREFUSION_COMMIT"
+
+
 def _git_commit() -> str | None:
     """The checkout's short commit, ``+changes`` when tracked files other than benchmark results differ
-    from it (the numbers were then measured on code that commit does not hold); None outside git."""
+    from it (the numbers were then measured on code that commit does not hold). Outside git (a copy of
+    the tree sent to another machine), ``$GENREFUSION_COMMIT`` if the sender set it, else None."""
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], capture_output=True, text=True, cwd=Path(__file__).parent,
                               timeout=5).stdout.strip()
 
     try:
         commit = git("rev-parse", "--short", "HEAD")
-        return (commit + ("+changes" if git("status", "--porcelain", "--untracked-files=no", "--", ":(top)",
-                                                   ":(top,exclude)benchmarks/results") else "")) or None
+        changed = commit and git("status", "--porcelain", "--untracked-files=no", "--", ":(top)",
+                                 ":(top,exclude)benchmarks/results")
     except (OSError, subprocess.SubprocessError):
-        return None
+        commit, changed = "", ""
+    if not commit:
+        return os.environ.get(COMMIT_ENV_VAR) or None
+    return commit + ("+changes" if changed else "")
 
 
 def write_model_card(run_dir: str | Path, **fields: Any) -> None:

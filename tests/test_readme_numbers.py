@@ -32,3 +32,22 @@ def test_rendering_follows_the_result_files(tmp_path, monkeypatch):
     (results / "feature_speed.json").write_text(json.dumps(features))
     monkeypatch.setattr(renderer, "RESULTS", results)
     assert "| torch cpu 1 core | 12.3456 |" in renderer.render()
+
+
+def test_a_copy_of_the_tree_without_git_records_the_commit_its_sender_names(tmp_path, monkeypatch):
+    """Benchmarks run on a lent machine get a copy of the tree without .git: their result files still
+    name the commit, from $GENREFUSION_COMMIT; inside the checkout git's answer wins."""
+    import shutil
+
+    import engine.run
+
+    copy = tmp_path / "run.py"  # tmp_path is outside any git checkout
+    shutil.copy(engine.run.__file__, copy)
+    spec = importlib.util.spec_from_file_location("run_copy", copy)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.delenv(module.COMMIT_ENV_VAR, raising=False)
+    assert module._git_commit() is None
+    monkeypatch.setenv(module.COMMIT_ENV_VAR, "abc1234")
+    assert module._git_commit() == "abc1234"
+    assert engine.run._git_commit() != "abc1234"
