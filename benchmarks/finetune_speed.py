@@ -29,7 +29,7 @@ from engine.io import write_json
 from engine.run import machine_info
 from engine.trainer import TrainerConfig, fit
 
-BACKBONES = ("efficientnet_lite0", "efficientnet_lite2", "resnet50")
+BACKBONES = ("resnet50", "efficientnet_lite0", "efficientnet_lite2")
 SIZE = 224
 
 
@@ -44,8 +44,8 @@ def _throughput(backbone: str, images: np.ndarray, config: TrainerConfig) -> dic
     torch.manual_seed(0)
     network = create_model(backbone, 3, pretrained=False)
     labels = np.arange(len(images)) % 3
-    train = CoverImages(images, labels, network.info)
-    val = CoverImages(images[: config.batch_size], labels[: config.batch_size], network.info)
+    train = CoverImages(images, labels)
+    val = CoverImages(images[: config.batch_size], labels[: config.batch_size])
     with tempfile.TemporaryDirectory() as run_dir:
         fit(network, train, val, config, Path(run_dir), {"labels": ["a", "b", "c"]})
         last = pd.read_csv(Path(run_dir) / "history.csv").iloc[-1]
@@ -62,14 +62,18 @@ def main(n_images: int = 64, batch_size: int = 16) -> dict:
     if cuda:
         variants |= {"bf16_channels_last": TrainerConfig(**base, amp=True, channels_last=True),
                      "bf16_channels_last_compiled": TrainerConfig(**base, amp=True, channels_last=True, compile=True)}
-    runs = {backbone: {name: _throughput(backbone, images, config) for name, config in variants.items()}
-            for backbone in BACKBONES}
+    runs: dict[str, dict] = {}
     result = {"images": n_images, "size": SIZE, "batch_size": batch_size, "device": "cuda" if cuda else "cpu",
               "cpu_threads": torch.get_num_threads(), "epoch_reported": 2, "runs": runs,
               "command": f"python benchmarks/finetune_speed.py {n_images} {batch_size}", "machine": machine_info()}
     out = Path(__file__).parent / "results" / f"finetune_speed_{'cuda' if cuda else 'cpu'}.json"
-    write_json(out, result)
-    print({k: v for k, v in result.items() if k != "machine"})
+    for backbone in BACKBONES:
+        for name, config in variants.items():
+            runs.setdefault(backbone, {})[name] = _throughput(backbone, images, config)
+            # Written after every run: a run cut short (a time limit on a lent machine) keeps what it measured.
+            write_json(out, {**result, "complete": False})
+            print(backbone, name, runs[backbone][name], flush=True)
+    write_json(out, {**result, "complete": True})
     return result
 
 

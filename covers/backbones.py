@@ -70,15 +70,39 @@ def classifier_head(embed_dim: int, n_classes: int, dropout: float = 0.5) -> nn.
     return nn.Sequential(nn.Dropout(dropout), nn.Linear(embed_dim, n_classes))
 
 
+def normalise_pixels(pixels: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Raw pixels ``uint8 (batch, 3, s, s)`` → float32 ``(pixel / 255 - mean) / std``; ``mean``, ``std``: ``(1, 3, 1, 1)``."""
+    if pixels.dtype != torch.uint8:
+        # A float here is most likely an image normalised once already; a second pass would be silently wrong.
+        raise TypeError(f"cover models take raw pixels, uint8 (batch, 3, size, size); got {pixels.dtype}")
+    return (pixels.float().div_(255) - mean) / std
+
+
+class PixelNormaliser(nn.Module):
+    """:func:`normalise_pixels` with a backbone's mean/std, on the model's device: loaders move uint8
+    images (a quarter of float32's bytes) and the normalisation runs where the model does."""
+
+    def __init__(self, info: BackboneInfo) -> None:
+        super().__init__()
+        # Not persistent: they follow from the backbone's info, and checkpoints saved without them still load.
+        self.register_buffer("mean", torch.tensor(info.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(info.std).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return normalise_pixels(pixels, self.mean, self.std)
+
+
 class CoverClassifier(nn.Module):
-    """Backbone features → :func:`classifier_head`. Input: normalised images ``(batch, 3, size, size)``."""
+    """Pixels → backbone features → :func:`classifier_head`. Input: raw pixels ``uint8 (batch, 3, size, size)``."""
 
     def __init__(self, backbone: MapsBackbone, info: BackboneInfo, head: nn.Module) -> None:
         super().__init__()
         self.backbone, self.info, self.head = backbone, info, head
+        self.pixels = PixelNormaliser(info)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone(x)
+        """Pooled backbone features ``(batch, embed_dim)`` of raw pixels ``uint8 (batch, 3, size, size)``."""
+        return self.backbone(self.pixels(x))
 
     def layer_groups(self) -> list[list[nn.Parameter]]:
         """The backbone's groups, input first, then the new head."""

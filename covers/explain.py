@@ -7,10 +7,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from torch import nn
 
 from covers.backbones import CoverClassifier
 from covers.images import load_cover
-from covers.inputs import normalise
+from covers.inputs import pixels_first
 from covers.predict import cover_embeddings, cover_inputs, load_cover_model, predict_cover_inputs
 from engine.config import run_items
 from engine.inference import BEST_CHECKPOINT
@@ -25,7 +26,7 @@ def class_activation_maps(model: CoverClassifier, x: torch.Tensor, method: str =
                           class_index: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Class-activation maps through pytorch-grad-cam, on the backbone's last feature maps.
 
-    ``x``: normalised images ``(batch, 3, s, s)``; maps are for ``class_index`` (default: the predicted
+    ``x``: raw pixels ``uint8 (batch, 3, s, s)``; maps are for ``class_index`` (default: the predicted
     class), ``(batch, s, s)`` in [0, 1]. Returns ``(maps, probabilities (batch, n_classes))``.
     """
     from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, ScoreCAM
@@ -38,8 +39,11 @@ def class_activation_maps(model: CoverClassifier, x: torch.Tensor, method: str =
     with torch.no_grad():
         proba = torch.softmax(model(x), 1).numpy()
     targets = proba.argmax(1) if class_index is None else np.asarray(class_index)
-    with methods[method](model=model, target_layers=[model.backbone.map_output]) as cam:
-        maps = cam(input_tensor=x, targets=[ClassifierOutputTarget(int(t)) for t in targets])
+    # Score-CAM multiplies the input by masks, so the CAM methods get the normalised float images and the
+    # network behind the pixel normaliser.
+    behind_pixels = nn.Sequential(model.backbone, model.head).eval()
+    with methods[method](model=behind_pixels, target_layers=[model.backbone.map_output]) as cam:
+        maps = cam(input_tensor=model.pixels(x), targets=[ClassifierOutputTarget(int(t)) for t in targets])
     return np.asarray(maps, dtype=np.float32), proba
 
 
@@ -122,7 +126,7 @@ def explain_cover_run(run_dir: str | Path, out_dir: str | Path, cache_dir: str |
     size = model.info.input_size
     sample = test.sample(min(n_cam, len(test)), random_state=seed)
     images = [load_cover(p, size) for p in sample["cover_path"]]
-    cams, cam_proba = class_activation_maps(model.network, normalise(np.stack(images), model.info), method)
+    cams, cam_proba = class_activation_maps(model.network, pixels_first(np.stack(images)), method)
     titles = [f"pred {labels[p.argmax()]} {p.max():.2f}\n(true {t})" for p, t in zip(cam_proba, sample["label"])]
     written["cam"] = save_grid(images, titles, out_dir / f"cam_{method}.png", overlays=cams)
 

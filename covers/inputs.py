@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from covers.backbones import BackboneInfo, MapsBackbone
+from covers.backbones import BackboneInfo, MapsBackbone, PixelNormaliser
 from covers.images import CoverError, check_cover_file, load_cover
 from data.items import LoadResult, file_digest, problems_frame
 from engine.cache import ArrayCache, cache_key
@@ -25,13 +25,10 @@ from engine.progress import progress_bar
 INPUTS_VERSION = 1
 
 
-def normalise(images: np.ndarray, info: BackboneInfo) -> torch.Tensor:
-    """``uint8 (batch, s, s, 3)`` → float ``(batch, 3, s, s)`` with the backbone's mean/std."""
+def pixels_first(images: np.ndarray) -> torch.Tensor:
+    """Decoded covers ``uint8 (batch, s, s, 3)`` → ``uint8 (batch, 3, s, s)``, what cover models take."""
     # np.require copies only when needed: torch cannot wrap read-only (cached) arrays.
-    x = torch.from_numpy(np.require(images, requirements=["C", "W"])).permute(0, 3, 1, 2).float().div_(255)
-    mean = torch.tensor(info.mean).view(1, 3, 1, 1)
-    std = torch.tensor(info.std).view(1, 3, 1, 1)
-    return (x - mean) / std
+    return torch.from_numpy(np.require(images, requirements=["C", "W"])).permute(0, 3, 1, 2)
 
 
 def _content_hash(row: pd.Series) -> str:
@@ -107,12 +104,13 @@ def backbone_embeddings(items: pd.DataFrame, backbone: MapsBackbone, info: Backb
                          "(random initialisation gives no reusable embeddings)")
     device_ = resolve_device(device)
     model = backbone.to(device_).eval()
+    normalise = PixelNormaliser(info).to(device_)
     params = {"backbone": info.name, "weights": _weights_digest(str(info.weights)),
               "size": info.input_size, "mean": info.mean, "std": info.std}
 
     @torch.no_grad()
     def embed(images: np.ndarray) -> np.ndarray:
-        return model(normalise(images, info).to(device_)).float().cpu().numpy()
+        return model(normalise(pixels_first(images).to(device_))).float().cpu().numpy()
 
     return _per_cover(items, "cover_embeddings", params, cache_dir, info.input_size, embed, batch_size,
                       f"{info.name} embeddings", progress)

@@ -15,11 +15,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 from torchvision.transforms import v2
 
 from covers.backbones import BackboneInfo, CoverClassifier, create_model
-from covers.inputs import backbone_embeddings, decode_covers, normalise
+from covers.inputs import backbone_embeddings, decode_covers
 from data.items import LoadResult
 from engine.inference import load_checkpoint, predict_outputs, predict_proba
 
@@ -28,13 +29,14 @@ TORCH_MODES = ("finetune", "frozen")
 
 
 class CoverImages(Dataset):
-    """Decoded covers ``uint8 (n, s, s, 3)`` → normalised tensors, with per-class augmentation when training.
+    """Decoded covers ``uint8 (n, s, s, 3)`` → ``uint8 (3, s, s)`` pixels (the model normalises them on its
+    device), with per-class augmentation when training.
 
     ``set_size`` (progressive resizing) resizes every image to another side after augmentation.
     """
 
-    def __init__(self, images: np.ndarray, y: np.ndarray, info: BackboneInfo, augment: list | None = None) -> None:
-        self.images, self.y, self.info, self.augment = images, y, info, augment
+    def __init__(self, images: np.ndarray, y: np.ndarray, augment: list | None = None) -> None:
+        self.images, self.y, self.augment = images, y, augment
         self.size: int | None = None
 
     def set_size(self, size: int) -> None:
@@ -50,8 +52,7 @@ class CoverImages(Dataset):
             image = transform(image)
         if self.size is not None:
             image = v2.functional.resize(image, [self.size, self.size], antialias=True)
-        x = normalise(image.permute(1, 2, 0).numpy()[None], self.info)[0]
-        return x, int(self.y[index])
+        return image, int(self.y[index])
 
 
 @dataclass
@@ -114,7 +115,7 @@ def predict_decoded_covers(model: CoverModel, x: np.ndarray, device: str = "auto
     (backbone and head), whatever the mode: what batch scoring runs where decoding happened elsewhere."""
     if len(x) == 0:
         return np.zeros((0, len(model.labels)))
-    return predict_proba(model.network, CoverImages(x, np.zeros(len(x), dtype=np.int64), model.info), device=device)
+    return predict_proba(model.network, CoverImages(x, np.zeros(len(x), dtype=np.int64)), device=device)
 
 
 def predict_covers(model: CoverModel, items: pd.DataFrame, cache_dir: str | Path | None = None,
@@ -129,5 +130,5 @@ def cover_embeddings(model: CoverModel, x: np.ndarray, device: str = "auto") -> 
     inputs already are (the cached embeddings); a fine-tuned model's backbone computes them from the covers."""
     if model.mode == "frozen" or len(x) == 0:
         return np.asarray(x, dtype=np.float32)
-    return predict_outputs(model.network.backbone, CoverImages(x, np.zeros(len(x), dtype=np.int64), model.info),
-                           device=device)
+    return predict_outputs(nn.Sequential(model.network.pixels, model.network.backbone),
+                           CoverImages(x, np.zeros(len(x), dtype=np.int64)), device=device)

@@ -192,8 +192,8 @@ def _finetune(run: CoverRun) -> dict[str, Any]:
     val = (held["split"] == "val").to_numpy()
     model = CoverModel(network, run.labels, "finetune")
     metrics, _, _ = train_and_report(
-        network, CoverImages(x_train, train_items["y"].to_numpy(), network.info, augment),
-        CoverImages(x_held[val], held["y"].to_numpy()[val], network.info), config, run.run_dir, run.labels,
+        network, CoverImages(x_train, train_items["y"].to_numpy(), augment),
+        CoverImages(x_held[val], held["y"].to_numpy()[val]), config, run.run_dir, run.labels,
         run.title, run.card, lambda _: (held, predict_cover_inputs(model, x_held, config.device), {}),
         checkpoint_metadata=run.checkpoint_metadata("finetune"))
     return metrics

@@ -21,9 +21,10 @@ ROOT = Path(__file__).resolve().parent.parent
 ])
 def test_backbone_forward_backward(name, pretrained, size):
     model = create_model(name, n_classes=3, pretrained=pretrained)
-    features = model.features(torch.randn(2, 3, size, size))
+    pixels = torch.randint(0, 256, (2, 3, size, size), dtype=torch.uint8)
+    features = model.features(pixels)
     assert features.shape == (2, model.info.embed_dim)
-    logits = model(torch.randn(2, 3, size, size))
+    logits = model(pixels)
     assert logits.shape == (2, 3)
     logits.sum().backward()
     assert model.head[1].weight.grad is not None
@@ -47,8 +48,8 @@ def test_lite_normalisation_is_the_one_the_checkpoint_was_trained_with(name, tmp
 
     from skimage import data
 
-    from covers.backbones import IMAGENET_MEAN, IMAGENET_STD, _load_state
-    from covers.inputs import normalise
+    from covers.backbones import IMAGENET_MEAN, IMAGENET_STD, PixelNormaliser, _load_state
+    from covers.inputs import pixels_first
 
     backbone, info = create_backbone(name, pretrained=True)
     backbone.eval()
@@ -58,7 +59,7 @@ def test_lite_normalisation_is_the_one_the_checkpoint_was_trained_with(name, tmp
 
     def mismatch(normalisation) -> tuple[float, float]:
         with torch.no_grad():
-            stem = net._conv_stem(normalise(images, normalisation))
+            stem = net._conv_stem(PixelNormaliser(normalisation)(pixels_first(images)))
         live = net._bn0.running_var > 1e-4  # a few channels are dead (variance ~0)
         mean, var = stem.mean((0, 2, 3))[live], stem.var((0, 2, 3))[live]
         running_mean, running_var = net._bn0.running_mean[live], net._bn0.running_var[live]
@@ -77,7 +78,7 @@ def test_lite_normalisation_is_the_one_the_checkpoint_was_trained_with(name, tmp
         Image.fromarray(getattr(data, photo)()).save(tmp_path / f"{photo}.png")
         image = load_cover(tmp_path / f"{photo}.png", info.input_size)
         with torch.no_grad():
-            logits = backbone(normalise(image[None], info)) @ state["_fc.weight"].T + state["_fc.bias"]
+            logits = backbone(PixelNormaliser(info)(pixels_first(image[None]))) @ state["_fc.weight"].T + state["_fc.bias"]
         assert int(logits.argmax()) in classes, photo
 
 
@@ -292,20 +293,37 @@ def test_reproduction_table_resumes_and_stops_at_once_without_weights(discogs_co
 def test_class_specific_augmentation_reaches_only_its_class():
     """M5: a rap cover is flipped in some draws, a pop cover never (its row of the table is empty)."""
     from covers.augment import build_class_augment
-    from covers.backbones import BackboneInfo
     from covers.predict import CoverImages
 
     image = np.zeros((16, 16, 3), dtype=np.uint8)
     image[:, 8:] = 255  # black left, white right: a flip shows
     images = np.stack([image] * 4)
     y = np.array([0, 1, 1, 0])  # rap, pop, pop, rap (the class, not the position, picks the transform)
-    info = BackboneInfo("test", 16, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), 3, None)
-    dataset = CoverImages(images, y, info, build_class_augment({"rap": ["hflip"]}, ["rap", "pop"], 16))
+    dataset = CoverImages(images, y, build_class_augment({"rap": ["hflip"]}, ["rap", "pop"], 16))
     torch.manual_seed(0)
     flipped = {i: 0 for i in range(4)}
     for _ in range(40):
         for i in range(4):
             x, label = dataset[i]
             assert label == y[i]
-            flipped[i] += int(x[0, 0, 0] > 0.5)  # the top-left pixel turned white
+            flipped[i] += int(x[0, 0, 0] > 127)  # the top-left pixel turned white
     assert flipped[0] > 5 and flipped[3] > 5 and flipped[1] == 0 and flipped[2] == 0
+
+
+def test_cover_models_take_raw_pixels_and_normalise_them_as_the_backbone_wants():
+    """Loaders hand uint8 pixels to the model, which normalises them on its device: the logits equal the
+    backbone and head run on images normalised by hand, and a float (already normalised) input is refused."""
+    from covers.predict import CoverImages
+
+    torch.manual_seed(0)
+    model = create_model("small_cnn", 3, pretrained=False).eval()
+    images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    pixels, _ = CoverImages(images, np.zeros(4, dtype=np.int64))[2]
+    assert pixels.dtype == torch.uint8 and pixels.shape == (3, 32, 32)
+    mean, std = np.array(model.info.mean), np.array(model.info.std)
+    by_hand = torch.from_numpy(((images / 255.0 - mean) / std).astype(np.float32)).permute(0, 3, 1, 2)
+    batch = torch.stack([CoverImages(images, np.zeros(4, dtype=np.int64))[i][0] for i in range(4)])
+    with torch.no_grad():
+        np.testing.assert_allclose(model(batch).numpy(), model.head(model.backbone(by_hand)).numpy(), atol=1e-5)
+    with pytest.raises(TypeError, match="raw pixels, uint8"):
+        model(by_hand)

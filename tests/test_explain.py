@@ -51,7 +51,7 @@ def test_each_cam_method_runs_on_a_small_model(method):
 
     torch.manual_seed(0)
     model = create_model("small_cnn", n_classes=3, pretrained=False).eval()
-    x = torch.randn(2, 3, 32, 32)
+    x = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
     maps, proba = class_activation_maps(model, x, method)
     assert maps.shape == (2, 32, 32) and np.isfinite(maps).all() and maps.min() >= 0 and maps.max() <= 1 + 1e-6
     np.testing.assert_allclose(proba, torch.softmax(model(x), 1).detach().numpy(), atol=1e-5)
@@ -62,9 +62,9 @@ def test_grad_cam_puts_its_mass_where_the_class_evidence_is():
     from covers.explain import class_activation_maps
 
     model = _red_versus_blue()
-    image = torch.zeros(1, 3, 32, 32)
-    image[0, 0, 8:24, 2:14] = 1.0  # red, left half
-    image[0, 2, 20:28, 20:30] = 0.5  # a little blue, right half
+    image = torch.zeros(1, 3, 32, 32, dtype=torch.uint8)
+    image[0, 0, 8:24, 2:14] = 255  # red, left half
+    image[0, 2, 20:28, 20:30] = 128  # a little blue, right half
     maps, proba = class_activation_maps(model, image, "gradcam", class_index=[0])
     assert proba[0].argmax() == 0
     assert maps[0][:, :16].sum() > 0.95 * maps[0].sum()

@@ -221,7 +221,7 @@ def test_fastai_recipe_freezes_then_trains_every_group_with_discriminative_rates
             seen_sizes.append(size)
             super().set_size(size)
 
-    train, val = Recording(images, y, model.info), Recording(images[:6], y[:6], model.info)
+    train, val = Recording(images, y), Recording(images[:6], y[:6])
     config = _config(lr=0.01, max_epochs=3, patience=5, freeze_epochs=1, lr_decay=0.5,
                      resize_schedule=[[16, 1], [32, 2]])
     start = {name: p.detach().clone() for name, p in model.named_parameters()}
