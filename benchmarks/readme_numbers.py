@@ -27,7 +27,10 @@ def _machine(result: dict) -> str:
 def render() -> str:
     """The markdown block for the README: one table per benchmark whose result file exists."""
     lines = [START, ""]
-    if features := _load("feature_speed.json"):
+    # The 2-core record, then a GPU machine's (its CPU paths ran on that machine's cores).
+    for name in ("feature_speed.json", "feature_speed_cuda.json"):
+        if not (features := _load(name)):
+            continue
         lines += [f"**GTZAN features** (`{features['command']}`; {features['clips']} clips of 30 s; "
                   f"{_machine(features)}):", "",
                   "| path | s per clip | × naive |", "|---|---|---|"]
@@ -37,7 +40,9 @@ def render() -> str:
         if cuda := features.get("cuda"):
             lines.append(f"| torch, {cuda['device']}, batch {cuda['batch']}, decoding included | "
                          f"{cuda['seconds_per_clip_incl_decode']} | {cuda['speedup_vs_naive_incl_decode']} |")
-        agreement = features["agreement_with_one_stft_reference"]
+        agreement = dict(features["agreement_with_one_stft_reference"])
+        if cuda:
+            agreement["torch_cuda"] = cuda["agreement_with_one_stft_reference"]
         lines += ["", "Largest relative difference from the one-STFT reference, tempo aside (tempos differing): "
                   + "; ".join(f"{path.replace('_', ' ')} {a['max_relative_difference']:.1e} ({a['tempos_differing']})"
                               for path, a in agreement.items()) + ".", ""]
@@ -65,6 +70,10 @@ def render() -> str:
                 for variant, run in variants.items():
                     lines.append(f"| {backbone} | {variant.replace('_', ' ')} | {run['images_per_s']} | "
                                  f"{run['data_wait_share']:.1%} |")
+            if finetune.get("complete") is False:
+                lines += ["", "(Incomplete: the run ended before every backbone was measured.)"]
+            if finetune.get("note"):
+                lines += ["", finetune["note"] + "."]
             lines.append("")
     return "\n".join([*lines, END])
 

@@ -52,14 +52,18 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-#: Set by whoever copies the tree to a machine without its .git (e.g. a lent GPU machine).
+#: Set by whoever copies the tree to another machine (a lent GPU machine): the copy may have no .git, or a
+#: stale one (seen: a copy whose .git still named the commit its session started from).
 COMMIT_ENV_VAR = "GENREFUSION_COMMIT"
 
 
 def _git_commit() -> str | None:
     """The checkout's short commit, ``+changes`` when tracked files other than benchmark results differ
-    from it (the numbers were then measured on code that commit does not hold). Outside git (a copy of
-    the tree sent to another machine), ``$GENREFUSION_COMMIT`` if the sender set it, else None."""
+    from it (the numbers were then measured on code that commit does not hold); None outside git.
+    ``$GENREFUSION_COMMIT``, when set, is the answer: the sender of a copied tree knows what it sent."""
+    if os.environ.get(COMMIT_ENV_VAR):
+        return os.environ[COMMIT_ENV_VAR]
+
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], capture_output=True, text=True, cwd=Path(__file__).parent,
                               timeout=5).stdout.strip()
@@ -70,9 +74,7 @@ def _git_commit() -> str | None:
                                  ":(top,exclude)benchmarks/results")
     except (OSError, subprocess.SubprocessError):
         commit, changed = "", ""
-    if not commit:
-        return os.environ.get(COMMIT_ENV_VAR) or None
-    return commit + ("+changes" if changed else "")
+    return (commit + ("+changes" if changed else "")) or None
 
 
 def write_model_card(run_dir: str | Path, **fields: Any) -> None:
