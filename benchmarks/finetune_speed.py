@@ -8,7 +8,8 @@ The first epoch pays for start-up (and compilation), so each run trains two epoc
 one is reported.
 
 Usage: .venv/bin/python benchmarks/finetune_speed.py [n_images] [batch_size]
-Writes benchmarks/results/finetune_speed.json with the machine it ran on.
+Writes benchmarks/results/finetune_speed_cpu.json (finetune_speed_cuda.json on a GPU machine) with the machine
+it ran on, after every run (``complete`` false until the last).
 """
 from __future__ import annotations
 
