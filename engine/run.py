@@ -132,8 +132,12 @@ def train_and_report(model: nn.Module, train_set: Dataset, val_set: Dataset, tra
     result = fit(model, train_set, val_set, trainer_config, run_dir,
                  metadata={"labels": list(labels), "card": card, **(checkpoint_metadata or {})})
     held, proba, extra = predict_held_out(model)
+    kept = result.history[result.history["epoch"] == result.best_epoch]
     training = {"best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
-                "stopped_early": result.stopped_early, "seconds": round(result.seconds, 2)}
+                "stopped_early": result.stopped_early, "seconds": round(result.seconds, 2),
+                # the kept epoch's validation figures: what a sweep chooses settings by
+                "val_loss": float(kept["val_loss"].iloc[0]) if len(kept) else None,
+                "val_acc": float(kept["val_acc"].iloc[0]) if len(kept) else None}
     metrics = report_held_out(run_dir, held, proba, labels, title, {**card, "trainer": asdict(trainer_config)},
                               seed=trainer_config.seed, extra={"training": training, **extra})
     return metrics, held, proba

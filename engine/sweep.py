@@ -10,6 +10,11 @@ import yaml
 from engine.cli import FAILURE_FILE
 from engine.report import HEADLINE as METRICS
 
+#: The kept epoch's validation accuracy, beside the test metrics: what settings are chosen by. Rows that were
+#: not trained (fusion, zero-shot) have none.
+VALIDATION = "val_accuracy"
+SUMMARISED = (VALIDATION, *METRICS)
+
 
 def collect_runs(sweep_dir: str | Path) -> pd.DataFrame:
     """One row per (run, result row): its overrides as columns, then the metrics.
@@ -31,29 +36,38 @@ def collect_runs(sweep_dir: str | Path) -> pd.DataFrame:
             continue
         for name, metrics in json.loads(results_file.read_text()).items():
             records.append({"run": str(run), **overrides, "status": "ok", "row": name,
-                            **{m: metrics[m] for m in METRICS}})
+                            VALIDATION: metrics.get(VALIDATION), **{m: metrics[m] for m in METRICS}})
     if not records:
         raise FileNotFoundError(f"no Hydra run folders (.hydra/overrides.yaml) under {sweep_dir}")
-    return pd.DataFrame(records)
+    runs = pd.DataFrame(records)
+    if VALIDATION in runs:
+        runs[VALIDATION] = pd.to_numeric(runs[VALIDATION])  # None (an untrained row) as NaN, not an object column
+    return runs
 
 
 def summarise(runs: pd.DataFrame, over: str = "seed") -> pd.DataFrame:
     """Mean, std and count of each metric per (overrides except ``over``, result row)."""
     ok = runs[runs["status"] == "ok"]
     # Overrides equal in every run (e.g. trainer.progress) only clutter the table.
-    keys = [c for c in ok.columns if c not in {"run", "status", over, *METRICS}
+    keys = [c for c in ok.columns if c not in {"run", "status", over, *SUMMARISED}
             and (c == "row" or ok[c].nunique(dropna=False) > 1)]
-    grouped = ok.groupby(keys, dropna=False)[list(METRICS)]
+    grouped = ok.groupby(keys, dropna=False)[list(SUMMARISED)]
     table = grouped.agg(["mean", "std", "count"])
     table.columns = [f"{metric}_{stat}" for metric, stat in table.columns]
     return table.reset_index()
 
 
+def _mean_std(row: pd.Series, metric: str) -> str:
+    if pd.isna(row[metric + "_mean"]):
+        return "–"
+    return f"{row[metric + '_mean']:.3f} ± {0 if pd.isna(row[metric + '_std']) else row[metric + '_std']:.3f}"
+
+
 def to_markdown(summary: pd.DataFrame) -> str:
-    keys = [c for c in summary.columns if not any(c.startswith(m + "_") for m in METRICS)]
-    lines = ["| " + " | ".join(keys + list(METRICS) + ["seeds"]) + " |", "|" + "---|" * (len(keys) + len(METRICS) + 1)]
+    keys = [c for c in summary.columns if not any(c.startswith(m + "_") for m in SUMMARISED)]
+    lines = ["| " + " | ".join(keys + list(SUMMARISED) + ["seeds"]) + " |",
+             "|" + "---|" * (len(keys) + len(SUMMARISED) + 1)]
     for _, r in summary.iterrows():
-        cells = [str(r[k]) for k in keys]
-        cells += [f"{r[m + '_mean']:.3f} ± {0 if pd.isna(r[m + '_std']) else r[m + '_std']:.3f}" for m in METRICS]
+        cells = [str(r[k]) for k in keys] + [_mean_std(r, m) for m in SUMMARISED]
         lines.append("| " + " | ".join(cells + [str(int(r["accuracy_count"]))]) + " |")
     return "\n".join(lines)

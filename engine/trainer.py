@@ -29,14 +29,25 @@ from engine.io import atomic_path
 from engine.progress import progress_bar
 
 log = logging.getLogger(__name__)
+#: Iterations of one L-BFGS step (one epoch) and the curvature pairs it keeps (scipy's default memory,
+#: as scikit-learn's L-BFGS solver uses).
+LBFGS_ITERATIONS = 20
+LBFGS_HISTORY = 10
+
 
 @dataclass
 class TrainerConfig:
     """Optimisation recipe. Defaults are the reference paper's (AdamW 1e-4, cosine, patience 5, ≤50 epochs)."""
 
-    optimizer: str = "adamw"  # "adamw" or "sgd"
+    #: "adamw", "sgd", or "lbfgs": full-batch L-BFGS with a strong-Wolfe line search (scikit-learn's
+    #: solver for small tabular data): each epoch is one step of up to :data:`LBFGS_ITERATIONS`
+    #: iterations over the whole training part, and ``weight_decay`` is the L2 penalty
+    #: ``weight_decay / 2 · ‖W‖²`` on weight matrices (not biases) added to the mean loss, i.e.
+    #: scikit-learn's ``alpha / n_train``. It needs a deterministic loss (no dropout), ``scheduler:
+    #: none``, one parameter group and one process.
+    optimizer: str = "adamw"
     lr: float = 1e-4
-    weight_decay: float = 1e-2
+    weight_decay: float = 1e-2  # decoupled for adamw, L2 in the gradient for sgd, L2 in the loss for lbfgs
     momentum: float = 0.9  # sgd only
     scheduler: str = "cosine"  # "cosine" (annealed over max_epochs) or "none"
     label_smoothing: float = 0.0
@@ -44,7 +55,8 @@ class TrainerConfig:
     max_epochs: int = 50
     patience: int = 5
     #: what "best" means for the kept checkpoint and for early stopping: "val_loss" (lowest, the
-    #: paper's) or "val_acc" (highest; the first epoch that reaches it).
+    #: paper's), "val_acc" (highest; the first epoch that reaches it) or "last" (the final epoch's
+    #: weights, no early stopping: a fixed budget, where picking an epoch on a small validation part is noise).
     monitor: str = "val_loss"
     batch_size: int = 32
     seed: int = 42
@@ -72,12 +84,15 @@ class TrainerConfig:
     batchnorm: str = "train"
 
     def __post_init__(self) -> None:
-        if self.optimizer not in ("adamw", "sgd"):
-            raise ValueError(f"trainer.optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
+        if self.optimizer not in ("adamw", "sgd", "lbfgs"):
+            raise ValueError(f"trainer.optimizer must be 'adamw', 'sgd' or 'lbfgs', got {self.optimizer!r}")
         if self.scheduler not in ("cosine", "none"):
             raise ValueError(f"trainer.scheduler must be 'cosine' or 'none', got {self.scheduler!r}")
-        if self.monitor not in ("val_loss", "val_acc"):
-            raise ValueError(f"trainer.monitor must be 'val_loss' or 'val_acc', got {self.monitor!r}")
+        if self.optimizer == "lbfgs" and (self.scheduler != "none" or self.lr_decay != 1.0 or self.freeze_epochs):
+            raise ValueError("trainer.optimizer=lbfgs takes one learning rate for all parameters and no schedule "
+                             "(its line search sets each step): use scheduler none, lr_decay 1 and freeze_epochs 0")
+        if self.monitor not in ("val_loss", "val_acc", "last"):
+            raise ValueError(f"trainer.monitor must be 'val_loss', 'val_acc' or 'last', got {self.monitor!r}")
         if self.batchnorm not in ("train", "frozen"):
             raise ValueError(f"trainer.batchnorm must be 'train' or 'frozen', got {self.batchnorm!r}")
         if self.max_epochs < 1 or self.patience < 1 or self.batch_size < 1:
@@ -176,7 +191,9 @@ def _seed_worker(worker_id: int) -> None:
 
 def _loader(dataset: Dataset, config: TrainerConfig, shuffle: bool, epoch: int = 0) -> DataLoader:
     generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch) if shuffle else None
-    batches = GlobalBatches(len(dataset), config.batch_size, generator, training=shuffle)
+    full_batch = shuffle and config.optimizer == "lbfgs"
+    batches = GlobalBatches(len(dataset), len(dataset) if full_batch else config.batch_size, generator,
+                            training=shuffle)
     return DataLoader(dataset, batch_sampler=batches, generator=generator, num_workers=config.num_workers,
                       pin_memory=torch.cuda.is_available(),
                       worker_init_fn=_seed_worker if distributed.is_distributed() else None)
@@ -240,7 +257,10 @@ def _run_epoch(model, loader, criterion, device, config, optimizer=None, desc=""
                 raise FloatingPointError(f"{desc}: loss became {loss_sum.item()}; lower trainer.lr or check inputs")
             if training:
                 batch_weight = distributed.all_reduce_sum([weight], device)[0]
-                if batch_weight > 0:
+                if batch_weight > 0 and isinstance(optimizer, torch.optim.LBFGS):
+                    optimizer.step(_penalised_objective(model, inputs, targets, criterion, batch_weight, device,
+                                                        config, optimizer))
+                elif batch_weight > 0:
                     optimizer.zero_grad(set_to_none=True)
                     (loss_sum / (batch_weight / distributed.world_size())).backward()
                     optimizer.step()
@@ -252,6 +272,23 @@ def _run_epoch(model, loader, criterion, device, config, optimizer=None, desc=""
                                                                          device)
     return EpochStats(total_loss / max(total_weight, 1e-12), correct / max(seen, 1), int(seen),
                       time.perf_counter() - started, waited)
+
+
+def _penalised_objective(model, inputs, targets, criterion, batch_weight, device, config, optimizer):
+    """L-BFGS's closure: the mean loss of the whole (full) batch plus ``weight_decay / 2 · ‖W‖²`` over the
+    weight matrices, with its gradient; the line search calls it several times per iteration."""
+    matrices = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+
+    def objective() -> torch.Tensor:
+        optimizer.zero_grad(set_to_none=True)
+        with autocast(device, config.amp):
+            logits = model(inputs)
+        loss = criterion(logits.float(), targets) / batch_weight
+        loss = loss + config.weight_decay / 2 * sum(p.pow(2).sum() for p in matrices)
+        loss.backward()
+        return loss
+
+    return objective
 
 
 def _layer_groups(model: nn.Module, config: TrainerConfig) -> list[list[nn.Parameter]]:
@@ -266,6 +303,9 @@ def _build_optimizer(model: nn.Module, config: TrainerConfig) -> torch.optim.Opt
     groups = _layer_groups(model, config)
     params = [{"params": group, "lr": config.lr * config.lr_decay ** (len(groups) - 1 - i)}
               for i, group in enumerate(groups)] if len(groups) > 1 else groups[0]
+    if config.optimizer == "lbfgs":
+        return torch.optim.LBFGS(groups[0], lr=config.lr, max_iter=LBFGS_ITERATIONS, history_size=LBFGS_HISTORY,
+                                 line_search_fn="strong_wolfe")
     if config.optimizer == "sgd":
         return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
@@ -301,6 +341,18 @@ def _share_batchnorm_statistics(model: nn.Module, config: TrainerConfig, device:
         setattr(model, name, nn.SyncBatchNorm.convert_sync_batchnorm(child))
 
 
+def _check_full_batch(model: nn.Module) -> None:
+    """L-BFGS's line search compares losses of the same objective: refuse what would make it noisy."""
+    if distributed.is_distributed():
+        raise ValueError("trainer.optimizer=lbfgs runs in one process (its line search needs the whole "
+                         "batch's loss); run it without torchrun")
+    noisy = [name for name, module in model.named_modules()
+             if isinstance(module, nn.modules.dropout._DropoutNd) and module.p > 0]
+    if noisy:
+        raise ValueError(f"trainer.optimizer=lbfgs needs a deterministic loss, but the model has dropout at "
+                         f"{noisy}: set the model's dropout to 0")
+
+
 def _resumable(config: dict[str, Any]) -> dict[str, Any]:
     """The settings a resumed run must share with the interrupted one (all but where to stop)."""
     return {key: value for key, value in config.items() if key != "stop_after_epoch"}
@@ -315,8 +367,8 @@ def fit(
     metadata: dict[str, Any] | None = None,
     resume: bool = True,
 ) -> FitResult:
-    """Train ``model`` with early stopping on validation loss (or accuracy: ``config.monitor``); the best
-    weights end up in ``model``.
+    """Train ``model`` with early stopping on validation loss (or accuracy; or none, keeping the last epoch:
+    ``config.monitor``); the best weights end up in ``model``.
 
     Writes into ``run_dir``: ``history.csv`` and ``last.pt`` (everything needed to resume) after every
     epoch, and ``checkpoint.pt`` (best state dict + ``metadata`` such as the label list and config)
@@ -328,6 +380,8 @@ def fit(
     ``last.pt`` is what every process resumes from.
     """
     run_dir = Path(run_dir)
+    if config.optimizer == "lbfgs":
+        _check_full_batch(model)
     writes = distributed.is_main_process()
     if writes:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -391,7 +445,7 @@ def fit(
         if scheduler is not None:
             scheduler.step()
         score = val_loss if config.monitor == "val_loss" else -val_acc
-        if score < state["best_score"]:
+        if score < state["best_score"] or config.monitor == "last":
             state.update(best_score=score, best_val_loss=val_loss, best_epoch=epoch, bad_epochs=0)
             best_state = copy.deepcopy(model.state_dict())
         else:

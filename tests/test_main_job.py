@@ -72,6 +72,25 @@ def test_audio_branch_writes_a_complete_run_folder(tmp_path):
     assert metrics["accuracy"] == pytest.approx((test["predicted"] == test["label"]).mean())
 
 
+def test_the_full_batch_audio_recipe_keeps_its_last_epoch_and_refuses_dropout(tmp_path):
+    import pandas as pd
+
+    stdout, run_dir = _run_main(tmp_path, "branches=[audio]", "audio=feature_mlp_lbfgs", "audio.trainer.max_epochs=3")
+    assert "audio-only (feature_mlp_lbfgs)" in stdout
+    metrics = json.loads((run_dir / "audio" / "metrics.json").read_text())
+    history = pd.read_csv(run_dir / "audio" / "history.csv")
+    assert metrics["trainer"]["optimizer"] == "lbfgs" and metrics["reference_logreg"]["log_columns"] == 28
+    assert metrics["training"]["best_epoch"] == len(history) == 3
+    assert metrics["training"]["val_acc"] == pytest.approx(history["val_acc"].iloc[-1])
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["audio-only (feature_mlp_lbfgs)"]["val_accuracy"] == metrics["training"]["val_acc"]
+    refused = subprocess.run([sys.executable, str(ROOT / "scripts" / "run.py"), f"paths.root_dir={tmp_path}",
+                              "trainer.progress=false", "branches=[audio]", "audio=feature_mlp_lbfgs",
+                              "audio.model.dropout=0.5"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert refused.returncode == 2 and "needs a deterministic loss" in refused.stderr, refused.stderr[-2000:]
+    assert "Traceback" not in refused.stderr
+
+
 def test_main_job_prints_image_audio_and_fused_rows(main_job_run):
     """The default main job (audio + covers + fusion) on a 150-cover subset of the Discogs covers."""
     stdout, run_dir = main_job_run

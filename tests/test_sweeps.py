@@ -1,4 +1,5 @@
 """Sweeps through Hydra launchers: a parallel local sweep (joblib) for real, the SLURM config composed."""
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +26,11 @@ def test_joblib_sweep_runs_in_parallel_and_summarises(tmp_path):
     runs = pd.read_csv(sweep / "runs.csv")
     assert sorted(runs["seed"]) == [1, 2] and (runs["status"] == "ok").all()
     assert runs["accuracy"].nunique() == 2  # two seeds, two trained models
+    # Each run's validation accuracy is its kept epoch's, so a setting can be chosen from the table.
+    for run in runs.itertuples():
+        kept = json.loads((Path(run.run) / "audio" / "metrics.json").read_text())["training"]["best_epoch"]
+        assert run.val_accuracy == pytest.approx(pd.read_csv(Path(run.run) / "audio" / "history.csv")["val_acc"][kept - 1])
+    assert "| val_accuracy | accuracy |" in summary.stdout
 
 
 def test_slurm_launcher_config_composes_onto_submitit():

@@ -162,6 +162,80 @@ def test_monitor_val_acc_keeps_the_first_most_accurate_epoch_and_stops_on_it(tmp
     assert _accuracy(model, _label_noise(1)) == pytest.approx(history["val_acc"].max())
 
 
+def test_monitor_last_keeps_the_final_epoch_and_never_stops_early(tmp_path):
+    model = _model()
+    result = fit(model, _label_noise(0), _label_noise(1), _config(max_epochs=12, patience=2, monitor="last"), tmp_path)
+    history = pd.read_csv(tmp_path / "history.csv")
+    best, bad_epochs = np.inf, 0
+    for stop, loss in enumerate(history["val_loss"], start=1):  # where monitoring val_loss would have stopped
+        best, bad_epochs = (loss, 0) if loss < best else (best, bad_epochs + 1)
+        if bad_epochs == 2:
+            break
+    assert stop < 12
+    assert result.epochs_run == 12 and result.best_epoch == 12 and not result.stopped_early
+    last = read_checkpoint(tmp_path / "last.pt")["model_state"]
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, last[name])
+
+
+def _overlapping_classes(n=240, n_features=5, seed=0):
+    """Three classes whose means differ along a few directions, overlapping: a finite logistic-regression optimum."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    x = rng.normal(0, 1, (n, n_features)) + rng.normal(0, 1, (3, n_features))[y]
+    return TensorDataset(torch.tensor(x, dtype=torch.float32), torch.tensor(y))
+
+
+def test_lbfgs_finds_the_l2_penalised_logistic_regression_scikit_learn_finds(tmp_path):
+    """Full-batch L-BFGS on a linear model minimises mean cross-entropy + weight_decay/2·‖W‖² (biases free):
+    scikit-learn's LogisticRegression with C = 1 / (weight_decay · n) minimises the same objective."""
+    from sklearn.linear_model import LogisticRegression
+
+    train, val = _overlapping_classes(), _overlapping_classes(seed=1)
+    weight_decay = 0.02
+    seed_everything(0)
+    model = nn.Linear(5, 3)
+    result = fit(model, train, val, _config(optimizer="lbfgs", lr=1.0, scheduler="none", weight_decay=weight_decay,
+                                            monitor="last", max_epochs=5), tmp_path)
+    x, y = (t.numpy() for t in train.tensors)
+    reference = LogisticRegression(C=1 / (weight_decay * len(y)), tol=1e-10, max_iter=10_000).fit(x, y)
+    ours = predict_proba(model, val, device="cpu")
+    assert np.abs(ours - reference.predict_proba(val.tensors[0].numpy())).max() < 1e-3
+    np.testing.assert_allclose(model.weight.detach().numpy(), reference.coef_, atol=1e-3)
+    assert result.epochs_run == 5 and (pd.read_csv(tmp_path / "history.csv")["train_items_per_s"] > 0).all()
+    # The penalty is what holds the weights back: without it they grow.
+    unpenalised = TrainerConfig(optimizer="lbfgs", lr=1.0, scheduler="none", weight_decay=0.0, max_epochs=5,
+                                monitor="last", progress=False, device="cpu")
+    seed_everything(0)
+    free = nn.Linear(5, 3)
+    fit(free, train, val, unpenalised, tmp_path / "free")
+    assert np.abs(free.weight.detach().numpy()).sum() > np.abs(model.weight.detach().numpy()).sum()
+
+
+def test_an_lbfgs_run_resumed_after_an_epoch_ends_where_the_uninterrupted_one_does(tmp_path):
+    """The optimiser's curvature pairs travel in last.pt: a run sliced after epoch 2 ends with the same weights."""
+    def model():
+        seed_everything(0)
+        return nn.Sequential(nn.Linear(5, 16), nn.ReLU(), nn.Linear(16, 3))
+
+    recipe = dict(optimizer="lbfgs", lr=1.0, scheduler="none", weight_decay=0.01, monitor="last", max_epochs=4)
+    train, val = _overlapping_classes(), _overlapping_classes(seed=1)
+    whole = model()
+    fit(whole, train, val, _config(**recipe), tmp_path / "whole")
+    fit(model(), train, val, _config(**recipe, stop_after_epoch=2), tmp_path / "sliced")
+    resumed = model()
+    fit(resumed, train, val, _config(**recipe), tmp_path / "sliced")
+    for name, value in whole.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[name]), name
+
+
+def test_lbfgs_refuses_a_model_whose_loss_is_random(tmp_path):
+    config = _config(optimizer="lbfgs", lr=1.0, scheduler="none")
+    with pytest.raises(ValueError, match=r"dropout at \['2'\]"):
+        fit(_model(), _blobs(), _blobs(seed=1), config, tmp_path)
+    assert not (tmp_path / "last.pt").exists()
+
+
 def test_class_weights_and_label_smoothing_change_training(tmp_path):
     weights = balanced_class_weights([0, 0, 0, 1], 3)
     assert weights == pytest.approx([4 / 9, 4 / 3, 0.0])
@@ -172,7 +246,8 @@ def test_class_weights_and_label_smoothing_change_training(tmp_path):
 
 
 @pytest.mark.parametrize("bad", [dict(optimizer="adam"), dict(scheduler="step"), dict(max_epochs=0), dict(monitor="acc"),
-                                 dict(label_smoothing=1.0), dict(batchnorm="sync")])
+                                 dict(label_smoothing=1.0), dict(batchnorm="sync"), dict(optimizer="lbfgs"),
+                                 dict(optimizer="lbfgs", scheduler="none", lr_decay=0.5)])
 def test_bad_trainer_config(bad):
     with pytest.raises(ValueError):
         _config(**bad)
