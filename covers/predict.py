@@ -115,7 +115,8 @@ def predict_decoded_covers(model: CoverModel, x: np.ndarray, device: str = "auto
     (backbone and head), whatever the mode: what batch scoring runs where decoding happened elsewhere."""
     if len(x) == 0:
         return np.zeros((0, len(model.labels)))
-    return predict_proba(model.network, CoverImages(x, np.zeros(len(x), dtype=np.int64)), device=device)
+    return predict_proba(model.network, CoverImages(x, np.zeros(len(x), dtype=np.int64)), device=device,
+                         channels_last=True)
 
 
 def predict_covers(model: CoverModel, items: pd.DataFrame, cache_dir: str | Path | None = None,

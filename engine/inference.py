@@ -52,15 +52,24 @@ def autocast(device: torch.device, enabled: bool = True) -> torch.autocast:
 
 @torch.no_grad()
 def predict_proba(model: nn.Module, dataset: Dataset, batch_size: int = 256, device: str = "auto",
-                  progress: bool = False) -> np.ndarray:
-    """Class probabilities ``(n_items, n_classes)`` float64 in dataset order (softmax of the logits)."""
+                  progress: bool = False, channels_last: bool = False) -> np.ndarray:
+    """Class probabilities ``(n_items, n_classes)`` float64 in dataset order (softmax of the logits).
+
+    ``channels_last``: image models run on NHWC tensors (on the CPU ~1.5× faster for the
+    EfficientNet-Lite covers network, probabilities within 1e-6 of NCHW's; on CUDA what the tensor
+    cores want). Batches are copied from pinned memory on CUDA.
+    """
     device_ = resolve_device(device)
-    model.to(device_).eval()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    model.to(device_, memory_format=layout).eval()
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, pin_memory=device_.type == "cuda")
     chunks = []
     for inputs, _ in progress_bar(loader, desc="predict", nested=True, enabled=progress):
+        inputs = to_device(inputs, device_)
+        if channels_last and isinstance(inputs, torch.Tensor) and inputs.ndim == 4:
+            inputs = inputs.contiguous(memory_format=layout)
         with autocast(device_):
-            logits = model(to_device(inputs, device_))
+            logits = model(inputs)
         chunks.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
     return np.concatenate(chunks) if chunks else np.zeros((0, 0))
 

@@ -24,8 +24,9 @@ import pandas as pd
 
 from acquire.http import Downloader
 from audio.extract import compile_feature_kernels
+from engine.inference import resolve_device
 from engine.progress import progress_bar
-from scoring.jobs import plan_job
+from scoring.jobs import plan_job, resolve_batch_size
 from scoring.tracks import ScoringInputs, load_track_scorer, output_rows, prepare_batch, scoring_inputs
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ class _ScoringActor:
 
 
 def score_table_ray(input_table: str | Path, model_dir: str | Path, output: str | Path, shard: str = "0/1",
-                    batch_size: int = 64, catalogue: str | Path | None = None, cache_dir: str | Path | None = None,
+                    batch_size: int | str = "auto", catalogue: str | Path | None = None, cache_dir: str | Path | None = None,
                     download_dir: str | Path | None = None, device: str = "auto", address: str | None = None,
                     num_cpus: int | None = None, actors: int = 1, gpus_per_actor: float | None = None,
                     actor_cpus: float = 0.5, progress: bool = True, also_csv: bool = False) -> dict[str, Any]:
@@ -67,6 +68,7 @@ def score_table_ray(input_table: str | Path, model_dir: str | Path, output: str 
     import ray
     import ray.data
 
+    batch_size = resolve_batch_size(batch_size, resolve_device(device))
     job = plan_job(input_table, model_dir, output, shard, catalogue, download_dir, batch_size)
     try:
         if actors < 1:

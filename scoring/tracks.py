@@ -109,23 +109,20 @@ def fetch_files(rows: pd.DataFrame, modalities: Sequence[str], downloader: Downl
     """``(cover file, audio file, row error)`` per row of a resolved track table (:func:`scoring.tables.resolve_ids`);
     a file that could not be had is ``"!<reason>"``. URLs are fetched (in parallel, once each) only for
     the ``modalities`` the model uses."""
+    columns = [rows[c].tolist() for c in ("row_error", "cover_path", "cover_url", "audio_path", "audio_url")]
+    records = list(zip(*columns))
     wanted = []
-    for _, row in rows.iterrows():
-        if row["row_error"]:
+    for row_error, cover_path, cover_url, audio_path, audio_url in records:
+        if row_error:
             continue
-        if not row["cover_path"] and row["cover_url"] and "cover" in modalities:
-            wanted.append((row["cover_url"], "cover", verify_cover))
-        if not row["audio_path"] and row["audio_url"] and "audio" in modalities:
-            wanted.append((row["audio_url"], "audio", verify_audio))
-    fetched = downloader.fetch_many(wanted)
-    files = []
-    for _, row in rows.iterrows():
-        if row["row_error"]:
-            files.append(("", "", row["row_error"]))
-        else:
-            files.append((row["cover_path"] or fetched.get((row["cover_url"], "cover"), ""),
-                          row["audio_path"] or fetched.get((row["audio_url"], "audio"), ""), ""))
-    return files
+        if not cover_path and cover_url and "cover" in modalities:
+            wanted.append((cover_url, "cover", verify_cover))
+        if not audio_path and audio_url and "audio" in modalities:
+            wanted.append((audio_url, "audio", verify_audio))
+    fetched = downloader.fetch_many(wanted) if wanted else {}
+    return [("", "", row_error) if row_error else
+            (cover_path or fetched.get((cover_url, "cover"), ""), audio_path or fetched.get((audio_url, "audio"), ""), "")
+            for row_error, cover_path, cover_url, audio_path, audio_url in records]
 
 
 def _usable(paths: list[str]) -> tuple[list[str], list[int]]:
@@ -182,16 +179,35 @@ class PreparedBatch:
     audio: AudioBatch | None
 
 
+def fetch_batch(spec: ScoringInputs, rows: pd.DataFrame, downloader: Downloader) -> PreparedBatch:
+    """The first step of preparing a batch: its rows and their files (downloaded where given by URL);
+    :func:`prepare_batch_covers` and :func:`prepare_batch_audio` fill in the models' inputs."""
+    files = fetch_files(rows, spec.modalities, downloader)
+    return PreparedBatch(rows[["row", "track_id", "item_id"]].reset_index(drop=True), files, None, None)
+
+
+def prepare_batch_covers(spec: ScoringInputs, batch: PreparedBatch, cache_dir: str | None) -> PreparedBatch:
+    """Decode the batch's covers (when the model reads covers)."""
+    if spec.cover_size:
+        batch.covers = prepare_covers(spec.cover_size, [c if not e else "" for c, _, e in batch.files], cache_dir)
+    return batch
+
+
+def prepare_batch_audio(spec: ScoringInputs, batch: PreparedBatch, cache_dir: str | None, n_jobs: int = 1,
+                        feature_device: str | None = None) -> PreparedBatch:
+    """Compute the batch's audio windows' inputs (when the model reads audio)."""
+    if spec.audio_spec:
+        batch.audio = prepare_audio(spec.audio_spec, [a if not e else "" for _, a, e in batch.files], cache_dir,
+                                    n_jobs, feature_device)
+    return batch
+
+
 def prepare_batch(spec: ScoringInputs, rows: pd.DataFrame, downloader: Downloader, cache_dir: str | None,
                   n_jobs: int = 1, feature_device: str | None = None) -> PreparedBatch:
     """Fetch the rows' files and compute what the models read (decoded covers, audio windows' inputs);
     ``feature_device``: GTZAN features in batches there, the ``n_jobs`` workers only decoding."""
-    files = fetch_files(rows, spec.modalities, downloader)
-    covers = prepare_covers(spec.cover_size, [c if not e else "" for c, _, e in files], cache_dir) \
-        if spec.cover_size else None
-    audio = prepare_audio(spec.audio_spec, [a if not e else "" for _, a, e in files], cache_dir, n_jobs,
-                          feature_device) if spec.audio_spec else None
-    return PreparedBatch(rows[["row", "track_id", "item_id"]].reset_index(drop=True), files, covers, audio)
+    batch = prepare_batch_covers(spec, fetch_batch(spec, rows, downloader), cache_dir)
+    return prepare_batch_audio(spec, batch, cache_dir, n_jobs, feature_device)
 
 
 @dataclass
@@ -205,22 +221,32 @@ class Scores:
     audio_errors: list[str]
 
 
-def _score_covers(model: CoverModel, batch: CoverBatch, n: int, device: str) -> np.ndarray:
-    proba = np.full((n, len(model.labels)), np.nan)
-    proba[batch.positions] = predict_decoded_covers(model, batch.pixels, device)
-    return proba
+#: One modality's class probabilities per row (NaN rows: not scored) and each row's error.
+ModalityScores = tuple[np.ndarray, list[str]]
 
 
-def _score_audio(model: AudioModel, batch: AudioBatch, device: str) -> tuple[np.ndarray, list[str]]:
-    proba = np.full((len(batch.paths), len(model.labels)), np.nan)
-    errors = list(batch.errors)
-    if batch.clips is None:
+def cover_scores(scorer: TrackScorer, covers: CoverBatch | None, n: int, device: str = "auto") -> ModalityScores:
+    """The cover network's probabilities of a batch's ``n`` rows (NaN where there is no usable cover)."""
+    if scorer.cover_model is None or covers is None:
+        return np.full((n, len(scorer.labels)), np.nan), [""] * n
+    proba = np.full((n, len(scorer.labels)), np.nan)
+    proba[covers.positions] = predict_decoded_covers(scorer.cover_model, covers.pixels, device)
+    return proba, covers.errors
+
+
+def audio_scores(scorer: TrackScorer, audio: AudioBatch | None, n: int, device: str = "auto") -> ModalityScores:
+    """The audio model's probabilities of a batch's ``n`` rows (a file's windows averaged; NaN where none is usable)."""
+    if scorer.audio_model is None or audio is None:
+        return np.full((n, len(scorer.labels)), np.nan), [""] * n
+    proba = np.full((n, len(scorer.labels)), np.nan)
+    errors = list(audio.errors)
+    if audio.clips is None:
         return proba, errors
-    scored, clip_proba, problems = predict_clips(model, batch.clips, device)
+    scored, clip_proba, problems = predict_clips(scorer.audio_model, audio.clips, device)
     by_path = dict(zip(scored["item_id"], clip_proba))
     reasons = dict(zip(problems["item_id"], problems["reason"]))
-    wanted = set(batch.clips.windows["clip_item_id"])
-    for i, path in enumerate(batch.paths):
+    wanted = set(audio.clips.windows["clip_item_id"])
+    for i, path in enumerate(audio.paths):
         if path in by_path:
             proba[i] = by_path[path]
         elif path in wanted:
@@ -228,24 +254,22 @@ def _score_audio(model: AudioModel, batch: AudioBatch, device: str) -> tuple[np.
     return proba, errors
 
 
-def score_inputs(scorer: TrackScorer, covers: CoverBatch | None, audio: AudioBatch | None, n: int,
-                 device: str = "auto") -> Scores:
-    """The models' side of scoring: each modality through its branch's predict path; where both are
-    present the run's fusion head combines them, and a track with one modality is scored by that
-    branch, as in training."""
-    k = len(scorer.labels)
-    p_cover, cover_errors = np.full((n, k), np.nan), [""] * n
-    p_audio, audio_errors = np.full((n, k), np.nan), [""] * n
-    if scorer.cover_model is not None and covers is not None:
-        p_cover, cover_errors = _score_covers(scorer.cover_model, covers, n, device), covers.errors
-    if scorer.audio_model is not None and audio is not None:
-        p_audio, audio_errors = _score_audio(scorer.audio_model, audio, device)
+def fuse_scores(scorer: TrackScorer, cover: ModalityScores, audio: ModalityScores) -> Scores:
+    """Where both modalities are present the run's fusion head combines them; a track with one modality is
+    scored by that branch, as in training."""
+    (p_cover, cover_errors), (p_audio, audio_errors) = cover, audio
     has_cover, has_audio = present(p_cover), present(p_audio)
     fused = np.where(has_cover[:, None], p_cover, p_audio)
     either = has_cover | has_audio
     if scorer.fusion_head is not None and either.any():
         fused[either] = scorer.fusion_head.predict_proba(fusion_inputs(p_cover[either], p_audio[either]))
     return Scores(p_cover, p_audio, fused, cover_errors, audio_errors)
+
+
+def score_inputs(scorer: TrackScorer, covers: CoverBatch | None, audio: AudioBatch | None, n: int,
+                 device: str = "auto") -> Scores:
+    """The models' side of scoring: each modality through its branch's predict path, then :func:`fuse_scores`."""
+    return fuse_scores(scorer, cover_scores(scorer, covers, n, device), audio_scores(scorer, audio, n, device))
 
 
 def score_files(scorer: TrackScorer, covers: list[str], audios: list[str], cache_dir: str | None, device: str,
@@ -265,7 +289,12 @@ def output_columns(scorer: TrackScorer) -> list[str]:
 
 def output_rows(scorer: TrackScorer, prepared: PreparedBatch, device: str = "auto") -> pd.DataFrame:
     """A prepared batch's output rows (same order): status, modalities, prediction, probabilities, errors."""
-    scored = score_inputs(scorer, prepared.covers, prepared.audio, len(prepared.rows), device)
+    return scored_rows(scorer, prepared, score_inputs(scorer, prepared.covers, prepared.audio, len(prepared.rows),
+                                                      device))
+
+
+def scored_rows(scorer: TrackScorer, prepared: PreparedBatch, scored: Scores) -> pd.DataFrame:
+    """:func:`output_rows` from the batch's :class:`Scores`."""
     has_cover, has_audio = present(scored.p_cover), present(scored.p_audio)
     statuses, modalities = [], []
     for i, (cover, audio, row_error) in enumerate(prepared.files):

@@ -1,7 +1,7 @@
 """Score a table of tracks with a trained model folder (covers, audio, or both fused).
 
 Usage: .venv/bin/python scripts/score.py model_dir=RUN_FOLDER input=TRACKS.csv|.parquet [output=SCORES.csv|.parquet]
-       [shard=i/n] [catalogue=ITEMS.csv] [batch_size=64] [engine=ray ray.address=auto ray.actors=4]
+       [shard=i/n] [catalogue=ITEMS.csv] [batch_size=auto|64] [engine=ray ray.address=auto ray.actors=4]
 One output row per input row; an interrupted run given the same output resumes.
 """
 from __future__ import annotations
@@ -30,7 +30,7 @@ def main(cfg: DictConfig) -> None:
     suffix = ".parquet" if cfg.engine == "ray" else ".csv"
     default_name = f"scores{suffix}" if count == 1 else f"scores.shard-{index}-of-{count}{suffix}"
     output = Path(cfg.output) if cfg.output else Path(HydraConfig.get().runtime.output_dir) / default_name
-    common = {"shard": str(cfg.shard), "batch_size": int(cfg.batch_size), "catalogue": cfg.catalogue,
+    common = {"shard": str(cfg.shard), "batch_size": cfg.batch_size, "catalogue": cfg.catalogue,
               "cache_dir": cfg.paths.cache_dir, "download_dir": cfg.download_dir, "device": cfg.device,
               "progress": cfg.progress, "also_csv": cfg.also_csv}
     if cfg.engine == "ray":

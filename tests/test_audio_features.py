@@ -215,3 +215,23 @@ def test_features_batched_on_a_device_equal_the_workers_and_are_cached(lossless_
     assert len(list((tmp_path / "cache").rglob("*.json"))) == 5
     again = extract_features(items, cache_dir=tmp_path / "cache", progress=False, device="cpu")
     pd.testing.assert_frame_equal(again.items, batched.items)
+
+
+def test_the_inverse_stft_equals_torchs():
+    """The strided overlap-add inverse against torch.istft, on a real clip's spectrum and on a masked one
+    (what HPSS inverts: no longer the spectrum of any signal)."""
+    import torch
+
+    from audio.features_torch import inverse_stft, overlap_add
+
+    y = torch.from_numpy(np.random.default_rng(2).standard_normal((2, 22050)).astype(np.float32))
+    window = torch.hann_window(2048)
+    spectrum = torch.stft(y, 2048, 512, window=window, center=True, pad_mode="reflect", return_complex=True)
+    mask = torch.rand(spectrum.shape, generator=torch.Generator().manual_seed(0))
+    for s in (spectrum, spectrum * mask):
+        expected = torch.istft(s, 2048, 512, window=window, center=True)
+        ours = inverse_stft(s, 2048, 512, window)
+        assert ours.shape == expected.shape
+        torch.testing.assert_close(ours, expected, rtol=0, atol=1e-5 * float(expected.abs().max()))
+    with pytest.raises(ValueError, match="multiple"):
+        overlap_add(torch.zeros(1, 4, 10), 3)

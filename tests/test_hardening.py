@@ -261,10 +261,13 @@ def test_killing_the_scorer_leaves_no_worker_behind(main_job_run, data_root, tmp
                                f"input={table}", f"output={tmp_path / 'scores.csv'}", "n_jobs=2", "batch_size=2",
                                "progress=false", f"paths.root_dir={tmp_path}", "paths.cache_dir=null"], cwd=tmp_path,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # The first batch written (its features done) and the second's download pending: the workers idle.
+    scores = tmp_path / "scores.csv"
     deadline = time.monotonic() + 180
-    while not asked and time.monotonic() < deadline and scorer.poll() is None:
+    while (not asked or not scores.is_file() or scores.read_text().count("\n") < 3) \
+            and time.monotonic() < deadline and scorer.poll() is None:
         time.sleep(0.2)
-    assert asked, "the scorer never reached its second batch"
+    assert asked and scores.read_text().count("\n") >= 3, "the scorer never reached its second batch"
     workers = [int(pid) for pid in subprocess.run(["pgrep", "-P", str(scorer.pid)], capture_output=True,
                                                   text=True).stdout.split()]
     assert len(workers) >= 2, "the scorer never started its feature workers"

@@ -437,3 +437,14 @@ def test_in_a_log_the_epochs_line_counts_every_epoch_that_ran(tmp_path, monkeypa
     history = pd.read_csv(tmp_path / "history.csv")
     assert last.startswith(f"epochs: {result.epochs_run}/8 epoch in ")
     assert f"val_loss={history['val_loss'].iloc[-1]:.3f}" in last
+
+
+def test_predicting_in_channels_last_gives_the_same_probabilities():
+    seed_everything(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(8, 3)).eval()
+    images = TensorDataset(torch.randn(20, 3, 16, 16), torch.zeros(20, dtype=torch.int64))
+    default = predict_proba(model, images, batch_size=8, device="cpu")
+    last = predict_proba(model, images, batch_size=8, device="cpu", channels_last=True)
+    assert model[0].weight.is_contiguous(memory_format=torch.channels_last)
+    np.testing.assert_allclose(last, default, atol=1e-6)
