@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 
 import librosa
+import numba
 import numpy as np
 import scipy.fft
 import torch
@@ -84,6 +85,43 @@ def hpss_masks(harmonic: torch.Tensor, percussive: torch.Tensor) -> tuple[torch.
     total = torch.where(silent, torch.ones_like(Z), h + p)
     zero = torch.zeros_like(Z)
     return torch.where(silent, zero, h / total), torch.where(silent, zero, p / total)
+
+
+def masked_spectra(spectrum: torch.Tensor, harmonic: torch.Tensor,
+                   percussive: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``spectrum`` times each of :func:`hpss_masks`: the harmonic and percussive spectra.
+
+    On the CPU one numba pass over the bins (masks and products without a temporary per step);
+    elsewhere the tensor code of :func:`hpss_masks`.
+    """
+    if spectrum.device.type != "cpu":
+        mask_harmonic, mask_percussive = hpss_masks(harmonic, percussive)
+        return spectrum * mask_harmonic, spectrum * mask_percussive
+    # Frames-major, as torch.stft lays the spectrum out: the inverse FFTs then read the same memory
+    # layout as before masking (another layout rounds a clip differently alone and in a batch).
+    frames_major = spectrum.transpose(-1, -2).contiguous()
+    out_harmonic, out_percussive = torch.empty_like(frames_major), torch.empty_like(frames_major)
+    _masked_spectra_kernel(frames_major.numpy().reshape(-1),
+                           harmonic.transpose(-1, -2).contiguous().numpy().reshape(-1),
+                           percussive.transpose(-1, -2).contiguous().numpy().reshape(-1),
+                           out_harmonic.numpy().reshape(-1), out_percussive.numpy().reshape(-1),
+                           np.finfo(np.float32).tiny)
+    return out_harmonic.transpose(-1, -2), out_percussive.transpose(-1, -2)
+
+
+@numba.njit(cache=True, nogil=True)
+def _masked_spectra_kernel(spectrum, harmonic, percussive, out_harmonic, out_percussive, tiny) -> None:
+    for i in range(spectrum.shape[0]):
+        z = max(harmonic[i], percussive[i])
+        if z < tiny:
+            out_harmonic[i] = 0
+            out_percussive[i] = 0
+            continue
+        h = (harmonic[i] / z) ** 2
+        p = (percussive[i] / z) ** 2
+        total = h + p
+        out_harmonic[i] = spectrum[i] * (h / total)
+        out_percussive[i] = spectrum[i] * (p / total)
 
 
 def estimate_tuning(power: torch.Tensor, sr: int, n_fft: int) -> torch.Tensor:
@@ -225,9 +263,9 @@ class GtzanFeatures(nn.Module):
 
         along_time = running_median(magnitude, HPSS_KERNEL, -1)
         along_freq = running_median(magnitude, HPSS_KERNEL, -2)
-        harmonic, percussive = hpss_masks(along_time, along_freq)
-        add("harmony", self._waveform(spectrum * harmonic, n_samples))
-        add("perceptr", self._waveform(spectrum * percussive, n_samples))
+        harmonic, percussive = masked_spectra(spectrum, along_time, along_freq)
+        add("harmony", self._waveform(harmonic, n_samples))
+        add("perceptr", self._waveform(percussive, n_samples))
 
         mel_db = _power_to_db(self.mel.mel_basis @ power)
         columns["tempo"] = self._tempo(mel_db)

@@ -98,14 +98,15 @@ def is_parquet(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in PARQUET_SUFFIXES
 
 
-def read_parquet_text(path: Path) -> tuple[list[str], pd.DataFrame]:
-    """Every cell of a Parquet table as text, as a CSV would give it: ``(header, frame)``.
+def read_parquet_text(path: Path) -> tuple[list[str], pd.DataFrame, list[dict]]:
+    """Every cell of a Parquet table as text, as a CSV would give it: ``(header, frame, problems)``.
 
     Numbers read as Arrow writes them (an id stored as the float 123.0 reads "123", as in a CSV);
     a null cell reads "". A list cell (``artist_ids`` stored as ``list<string>``, the natural Parquet
     form) reads as its elements joined by ``;``, the separator the loaders split ids on, so tracks
-    sharing an artist still share a group. A file Arrow cannot read, or a column that has no text form
-    (a struct, a list of lists, bytes that are not UTF-8), is a :class:`ValueError` naming it.
+    sharing an artist still share a group; a null element is left out (the others kept) and listed
+    in ``problems``. A file Arrow cannot read, or a column that has no text form (a struct, a list
+    of lists, bytes that are not UTF-8), is a :class:`ValueError` naming it.
     """
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -117,18 +118,23 @@ def read_parquet_text(path: Path) -> tuple[list[str], pd.DataFrame]:
         raise ValueError(f"{path} is not a readable Parquet file: {error}") from None
     header = [str(name) for name in table.column_names]
     check_header(header, path)
-    columns = {}
+    columns, problems = {}, []
     for name, column in zip(header, table.columns):
         try:
             if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
-                text = pc.binary_join(column.cast(pa.list_(pa.string())), LIST_CELL_SEPARATOR)
-            else:
-                text = column.cast(pa.string())
+                cells = column.cast(pa.list_(pa.string())).to_pylist()
+                columns[name] = [LIST_CELL_SEPARATOR.join(v for v in cell if v is not None) if cell else ""
+                                 for cell in cells]
+                problems += [{"where": f"{Path(path).name} row {row}", "item_id": "",
+                              "reason": f"{name}: a null inside the list {cell} (the other values kept)"}
+                             for row, cell in enumerate(cells, start=1) if cell and None in cell]
+                continue
+            text = column.cast(pa.string())
         except (pa.ArrowNotImplementedError, pa.ArrowInvalid) as error:
             raise ValueError(f"{path}: column {name!r} of type {column.type} has no text form ({error}); "
                              "store it as text, numbers or a list of them") from None
         columns[name] = pc.fill_null(text, "").to_pylist()
-    return header, pd.DataFrame(columns, columns=header)
+    return header, pd.DataFrame(columns, columns=header), problems
 
 
 def check_header(header: list[str], path: str | os.PathLike) -> None:

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import logging
+import re
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -11,6 +13,18 @@ log = logging.getLogger(__name__)
 
 #: Raw genre name → broad class, applied before a label set filters (the shared covers and GTZAN say hiphop).
 DEFAULT_ALIASES: dict[str, str] = {"hiphop": "rap", "hip-hop": "rap", "hip hop": "rap"}
+
+
+#: Characters that show as nothing (zero-width space, joiners, word joiner, byte-order mark).
+_INVISIBLE = re.compile("[\u200b\u200c\u200d\u2060\ufeff]")
+_SPACES = re.compile(r"\s+")
+
+
+def normalise_genre(raw: object) -> str:
+    """A genre cell as one spelling: Unicode NFKC, invisible characters removed, each run of white space
+    (tabs, no-break spaces) one space, trimmed, lower case. ``"Hip\u00a0 Hop\u200b"`` → ``"hip hop"``."""
+    text = _INVISIBLE.sub("", unicodedata.normalize("NFKC", "" if raw is None else str(raw)))
+    return _SPACES.sub(" ", text).strip().lower()
 
 
 @dataclass(frozen=True)
@@ -57,30 +71,44 @@ def apply_label_set(
     labels: Sequence[str],
     aliases: Mapping[str, str] | None = None,
     dedupe_on: str | None = None,
+    ambiguous_on: str | None = None,
+    problems: list[dict] | None = None,
 ) -> tuple[pd.DataFrame, dict[str, int]]:
-    """Alias raw labels, keep items whose label is in ``labels``, count what was dropped.
+    """Normalise (:func:`normalise_genre`) and alias raw labels, keep items whose label is in ``labels``,
+    count what was dropped.
 
     With ``dedupe_on`` (e.g. ``"md5"``), items sharing that key are resolved: copies with the
     same label collapse to one item, and keys carrying two labels of the set (the same cover
     filed under two genres) are dropped as ambiguous, since either label would be half wrong.
-    Returns ``(kept_items, counts)`` where counts has ``kept``, ``out_of_set``,
-    ``duplicate_copies`` and ``ambiguous_label``.
+    ``ambiguous_on`` drops such keys too but keeps copies with one label apart (a paired catalogue's
+    tracks of one album share a cover and stay tracks). ``problems``, when given, gets one entry per
+    dropped item with its reason. Returns ``(kept_items, counts)`` where counts has ``kept``,
+    ``out_of_set``, ``duplicate_copies`` and ``ambiguous_label``.
     """
     aliases = DEFAULT_ALIASES if aliases is None else aliases
+    listed = problems if problems is not None else []
     items = items.copy()
-    items["label"] = items["label"].map(lambda raw: aliases.get(raw, raw))
+    items["label"] = items["label"].map(lambda raw: aliases.get(normalise_genre(raw), normalise_genre(raw)))
     in_set = items["label"].isin(labels)
+    listed += [{"where": "label set", "item_id": item_id, "reason": f"label {label!r} is outside the label set "
+                f"{list(labels)}"} for item_id, label in zip(items.loc[~in_set, "item_id"], items.loc[~in_set, "label"])]
     counts = {"out_of_set": int((~in_set).sum()), "duplicate_copies": 0, "ambiguous_label": 0}
     items = items[in_set]
-    if dedupe_on and dedupe_on in items.columns:
-        keyed = items[items[dedupe_on] != ""]
-        n_labels = keyed.groupby(dedupe_on)["label"].transform("nunique")
-        ambiguous = keyed.index[n_labels > 1]
+    key = dedupe_on or ambiguous_on
+    if key and key in items.columns:
+        keyed = items[items[key] != ""]
+        labels_of_key = keyed.groupby(key)["label"].agg(lambda values: sorted(set(values)))
+        ambiguous = keyed.index[keyed[key].map(labels_of_key).map(len) > 1]
+        listed += [{"where": "label set", "item_id": items.at[i, "item_id"],
+                    "reason": f"{key} {items.at[i, key]} is filed under {len(labels_of_key[items.at[i, key]])} "
+                              f"genres ({', '.join(labels_of_key[items.at[i, key]])}): dropped as ambiguous"}
+                   for i in ambiguous]
         counts["ambiguous_label"] = len(ambiguous)
         items = items.drop(index=ambiguous)
-        copies = items[dedupe_on].ne("") & items.duplicated(subset=[dedupe_on], keep="first")
-        counts["duplicate_copies"] = int(copies.sum())
-        items = items[~copies]
+        if dedupe_on:
+            copies = items[dedupe_on].ne("") & items.duplicated(subset=[dedupe_on], keep="first")
+            counts["duplicate_copies"] = int(copies.sum())
+            items = items[~copies]
     counts["kept"] = len(items)
     log.debug("label set %s: %s", list(labels), counts)  # data.prepare logs the counts with the split
     return items.reset_index(drop=True), counts

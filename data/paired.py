@@ -13,7 +13,8 @@ Columns (CSV, UTF-8, or Parquet):
   columns are fetched to local files before loading, by :mod:`acquire.catalogue`, which records
   a failed download in ``cover_error`` / ``audio_error``);
 - grouping columns (default ``album_id`` and ``artist_ids``; several ids in one cell separated
-  by ``;`` or ``|``): tracks sharing any of them stay on one side of every split;
+  by ``;`` or ``|``) and the cover file's md5: tracks sharing any of them stay on one side of every
+  split;
 - anything else (e.g. Spotify's acoustic descriptors) is kept, for a tabular audio model.
 A missing modality is not a problem here: the branch that needs it lists the row.
 """
@@ -25,8 +26,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from data.items import (LoadResult, connected_groups, finish_table, is_parquet, problems_frame, read_delimited,
-                        read_parquet_text)
+from data.items import (LoadResult, connected_groups, file_digest, finish_table, is_parquet, problems_frame,
+                        read_delimited, read_parquet_text)
+from data.labels import normalise_genre
 from data.musicoset import ArtistGenres, load_genre_map
 
 ID_COLUMNS = ("track_id", "item_id")
@@ -45,7 +47,8 @@ def read_catalogue(path: str | Path) -> tuple[pd.DataFrame, list[dict]]:
     if not path.is_file():
         raise FileNotFoundError(f"catalogue not found: {path}")
     if is_parquet(path):
-        return read_parquet_text(path)[1], []
+        _, frame, problems = read_parquet_text(path)
+        return frame, problems
     header, rows, problems = read_delimited(path)
     return pd.DataFrame(rows, columns=header), problems
 
@@ -53,7 +56,8 @@ def read_catalogue(path: str | Path) -> tuple[pd.DataFrame, list[dict]]:
 def load_paired_catalogue(path: str | Path, label_column: str = "genre", label_rule: str | None = None,
                           musicoset_root: str | Path | None = None, genre_map_path: str | Path | None = None,
                           group_columns: Sequence[str] = ("album_id", "artist_ids"),
-                          source: str | None = None, id_column: str | None = None) -> LoadResult:
+                          source: str | None = None, id_column: str | None = None,
+                          group_by_cover: bool = True) -> LoadResult:
     """Load a paired catalogue (see the module's docstring) into the item table.
 
     ``label`` is the raw genre (aliasing happens with the label set); ``group`` ties tracks that
@@ -62,6 +66,8 @@ def load_paired_catalogue(path: str | Path, label_column: str = "genre", label_r
     ``genre_map_path`` (default: the project's ``genre_map.csv``), and ``label_share``/``label_note``
     say how clear each vote was. ``id_column`` defaults to the first of ``track_id``, ``item_id``
     that holds any value (a crawler's album table has an empty ``track_id`` beside its ``item_id``).
+    ``group_by_cover``: tracks whose cover files are byte-identical (``md5``, given or computed) share a
+    group. Genre cells are normalised (:func:`data.labels.normalise_genre`) before anything compares them.
     """
     path = Path(path).resolve()
     frame, problems = read_catalogue(path)
@@ -74,24 +80,29 @@ def load_paired_catalogue(path: str | Path, label_column: str = "genre", label_r
                          f"{list(frame.columns)}")
     frame["item_id"] = frame[id_column].str.strip()
 
+    genres = frame[label_column].map(normalise_genre) if label_column in frame.columns else None
     keep = []
-    seen: set[str] = set()
+    first_genre: dict[str, str] = {}
     for index, row in frame.iterrows():
         where = f"{path.name} row {row['_row']}"
         if not row["item_id"]:
             problems.append({"where": where, "item_id": "", "reason": f"no {id_column}"})
-        elif row["item_id"] in seen:
+        elif row["item_id"] in first_genre:
+            earlier = first_genre[row["item_id"]]
+            disagree = genres is not None and genres[index] != earlier
             problems.append({"where": where, "item_id": row["item_id"],
-                             "reason": f"{id_column} repeated (the first row is kept)"})
+                             "reason": f"{id_column} repeated with another genre ({genres[index]!r}; the first row, "
+                                       f"kept, says {earlier!r})" if disagree else
+                                       f"{id_column} repeated (the first row is kept)"})
         else:
-            seen.add(row["item_id"])
+            first_genre[row["item_id"]] = genres[index] if genres is not None else ""
             keep.append(index)
     frame = frame.loc[keep].copy()
 
     if label_rule is not None:
         frame = _label_by_rule(frame, label_rule, musicoset_root, genre_map_path, path)
-    elif label_column in frame.columns:
-        frame["label"] = frame[label_column].str.strip().str.lower()
+    elif genres is not None:
+        frame["label"] = genres[frame.index]
     else:
         raise ValueError(f"{path} has no {label_column!r} column; give label_column=<the genre column> or "
                          f"label_rule=musicoset (labels from the artists' genres, needs artist_ids)")
@@ -107,7 +118,14 @@ def load_paired_catalogue(path: str | Path, label_column: str = "genre", label_r
         values = frame[column] if column in frame.columns else pd.Series("", index=frame.index)
         frame[column] = [str(base / p) if p.strip() and not Path(p.strip()).is_absolute() else p.strip()
                          for p in values]
-    keys = pd.DataFrame({c: frame[c].map(split_ids) for c in group_columns if c in frame.columns}, index=frame.index)
+    if group_by_cover:
+        # The same image under two tracks (an album's tracks, a re-issue): one group, as in the covers
+        # table, and an md5 filed under two genres is found by the label set (ambiguous_on: md5).
+        given = frame["md5"].str.strip() if "md5" in frame.columns else pd.Series("", index=frame.index)
+        frame["md5"] = [md5 or (file_digest(cover) if cover and Path(cover).is_file() else "")
+                        for md5, cover in zip(given, frame["cover_path"])]
+    keys = pd.DataFrame({c: frame[c].map(split_ids) for c in [*group_columns, *(["md5"] if group_by_cover else [])]
+                         if c in frame.columns}, index=frame.index)
     frame["group"] = connected_groups(keys).values if len(keys.columns) else frame["item_id"].to_numpy()
     frame["source"] = source or path.stem
     frame = frame.drop(columns=["_row"])

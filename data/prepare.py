@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-from data.items import LoadResult
+from data.items import LoadResult, problems_frame
 from data.labels import apply_label_set
 from data.splits import SplitSpec, load_or_make_split, split_counts
 
@@ -53,9 +53,14 @@ def prepare_items(
     split_path: str | Path,
     aliases: Mapping[str, str] | None = None,
     dedupe_on: str | None = None,
+    ambiguous_on: str | None = None,
 ) -> PreparedData:
-    """Apply the label set, then load or make the split saved at ``split_path`` and attach it."""
-    items, counts = apply_label_set(loaded.items, labels, aliases=aliases, dedupe_on=dedupe_on)
+    """Apply the label set, then load or make the split saved at ``split_path`` and attach it.
+
+    ``problems`` of the result lists the loader's problems and every item the label set dropped."""
+    dropped: list[dict] = []
+    items, counts = apply_label_set(loaded.items, labels, aliases=aliases, dedupe_on=dedupe_on,
+                                    ambiguous_on=ambiguous_on, problems=dropped)
     if items.empty:
         raise ValueError(f"No items left after the label set {list(labels)}: check labels/aliases against the data")
     missing = sorted(set(labels) - set(items["label"]))
@@ -73,4 +78,5 @@ def prepare_items(
              len(items), list(labels), counts["out_of_set"], counts["duplicate_copies"], counts["ambiguous_label"],
              split_path, spec.protocol)
     return PreparedData(items=items, labels=list(labels), split_path=Path(split_path), spec=spec,
-                        counts=counts, problems=loaded.problems)
+                        counts=counts, problems=pd.concat([loaded.problems, problems_frame(dropped)],
+                                                          ignore_index=True))

@@ -187,12 +187,12 @@ def prepare_from_config(cfg: DictConfig, branch: DictConfig, run_dir: Path) -> P
     loaded = instantiate(data_cfg.loader)
     spec, path = branch_split_spec(cfg, branch)
     prepared = prepare_items(loaded, list(cfg.labels.classes), spec, path, aliases=dict(cfg.labels.aliases),
-                             dedupe_on=data_cfg.get("dedupe_on"))
+                             dedupe_on=data_cfg.get("dedupe_on"), ambiguous_on=data_cfg.get("ambiguous_on"))
     prepared.name = data_cfg.name
     prepared.loader = OmegaConf.to_container(data_cfg.loader, resolve=True)
     run_dir.mkdir(parents=True, exist_ok=True)
-    if len(loaded.problems):
-        loaded.problems.to_csv(run_dir / "load_problems.csv", index=False)
+    if len(prepared.problems):
+        prepared.problems.to_csv(run_dir / "load_problems.csv", index=False)
     return prepared
 
 

@@ -22,7 +22,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from acquire.http import Downloader
+from acquire.http import Downloader, RetryPolicy
 from engine.inference import resolve_device
 from engine.progress import progress_bar
 from scoring.pipeline import StageClock, run_stages
@@ -171,7 +171,7 @@ def score_table(input_table: str | Path, model_dir: str | Path, output: str | Pa
                 batch_size: int | str = "auto", catalogue: str | Path | None = None,
                 cache_dir: str | Path | None = None, download_dir: str | Path | None = None, device: str = "auto",
                 n_jobs: int = 1, progress: bool = True, also_csv: bool = False,
-                depth: int = PIPELINE_DEPTH) -> dict[str, Any]:
+                depth: int = PIPELINE_DEPTH, download: RetryPolicy | None = None) -> dict[str, Any]:
     """Score this shard's rows of ``input_table`` into ``output`` (``.csv``, or ``.parquet``), here,
     resuming after rows already written.
 
@@ -179,7 +179,9 @@ def score_table(input_table: str | Path, model_dir: str | Path, output: str | Pa
     the models by up to ``depth`` batches and writing runs behind them, each stage in its own thread.
     ``n_jobs`` processes extract audio features (on a GPU ``device`` they decode, and the features are
     computed there in batches); ``cache_dir`` caches them (nothing is cached without it).
-    ``batch_size``: rows per batch, or ``auto`` (:data:`AUTO_BATCH_SIZE`). ``also_csv`` writes a
+    ``batch_size``: rows per batch, or ``auto`` (:data:`AUTO_BATCH_SIZE`). ``download``: the limits of
+    URL downloads (deadline, least rate, size; :class:`acquire.http.RetryPolicy`'s defaults without it).
+    ``also_csv`` writes a
     Parquet output's CSV copy beside it. Returns the job's summary, with each stage's busy share.
     """
     resolved = resolve_device(device)
@@ -188,7 +190,7 @@ def score_table(input_table: str | Path, model_dir: str | Path, output: str | Pa
     cache = str(cache_dir) if cache_dir else None
     job = plan_job(input_table, model_dir, output, shard, catalogue, download_dir, batch_size)
     try:
-        stages = scoring_stages(job, Downloader(job.download_dir), cache, n_jobs, feature_device, device)
+        stages = scoring_stages(job, Downloader(job.download_dir, download), cache, n_jobs, feature_device, device)
         clock = StageClock()
         start = time.perf_counter()
         statuses: list[str] = []

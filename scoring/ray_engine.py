@@ -22,7 +22,7 @@ from typing import Any
 
 import pandas as pd
 
-from acquire.http import Downloader
+from acquire.http import Downloader, RetryPolicy
 from audio.extract import compile_feature_kernels
 from engine.inference import resolve_device
 from engine.progress import progress_bar
@@ -33,9 +33,9 @@ log = logging.getLogger(__name__)
 
 
 def _prepare_block(block: pd.DataFrame, spec: ScoringInputs, cache_dir: str | None,
-                   download_dir: str) -> pd.DataFrame:
+                   download_dir: str, download: RetryPolicy | None) -> pd.DataFrame:
     # One block in, one row out: the prepared batch travels to the actors as one object.
-    prepared = prepare_batch(spec, block, Downloader(Path(download_dir)), cache_dir)
+    prepared = prepare_batch(spec, block, Downloader(Path(download_dir), download), cache_dir)
     return pd.DataFrame({"prepared": [pickle.dumps(prepared, protocol=pickle.HIGHEST_PROTOCOL)]})
 
 
@@ -57,7 +57,8 @@ def score_table_ray(input_table: str | Path, model_dir: str | Path, output: str 
                     batch_size: int | str = "auto", catalogue: str | Path | None = None, cache_dir: str | Path | None = None,
                     download_dir: str | Path | None = None, device: str = "auto", address: str | None = None,
                     num_cpus: int | None = None, actors: int = 1, gpus_per_actor: float | None = None,
-                    actor_cpus: float = 0.5, progress: bool = True, also_csv: bool = False) -> dict[str, Any]:
+                    actor_cpus: float = 0.5, progress: bool = True, also_csv: bool = False,
+                    download: RetryPolicy | None = None) -> dict[str, Any]:
     """Score this shard's rows of ``input_table`` into ``output`` on Ray; the arguments shared with
     :func:`scoring.jobs.score_table` mean the same.
 
@@ -101,7 +102,7 @@ def score_table_ray(input_table: str | Path, model_dir: str | Path, output: str 
                       .map_batches(_prepare_block, batch_size=None, batch_format="pandas", num_cpus=task_cpus,
                                    fn_kwargs={"spec": scoring_inputs(job.scorer),
                                               "cache_dir": str(cache_dir) if cache_dir else None,
-                                              "download_dir": str(job.download_dir)})
+                                              "download_dir": str(job.download_dir), "download": download})
                       .map_batches(_ScoringActor, batch_size=1, batch_format="pandas",
                                    compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=gpus,
                                    num_cpus=actor_cpus,

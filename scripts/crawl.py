@@ -42,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--musicbrainz-api", default=defaults.musicbrainz_api)
     parser.add_argument("--coverart-api", default=defaults.coverart_api)
     parser.add_argument("--timeout", type=float, default=defaults.timeout_s)
+    parser.add_argument("--deadline", type=float, default=defaults.deadline_s,
+                        help="seconds one download may take in all, every attempt and wait included")
+    parser.add_argument("--min-rate", type=float, default=defaults.min_rate_bytes_s,
+                        help="bytes/s under which a download is given up (after its first seconds)")
     parser.add_argument("--backoff", type=float, default=defaults.backoff_s, help="first back-off, seconds (doubles)")
     parser.add_argument("--min-interval", type=float, default=defaults.min_interval_s)
     parser.add_argument("--musicbrainz-min-interval", type=float, default=defaults.musicbrainz_min_interval_s,
@@ -52,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = CrawlSettings(spotify_api=args.spotify_api, spotify_token_url=args.spotify_token_url,
                              deezer_api=args.deezer_api, musicbrainz_api=args.musicbrainz_api,
                              coverart_api=args.coverart_api, user_agent=args.user_agent, timeout_s=args.timeout,
-                             backoff_s=args.backoff, min_interval_s=args.min_interval,
+                             deadline_s=args.deadline, min_rate_bytes_s=args.min_rate, backoff_s=args.backoff,
+                             min_interval_s=args.min_interval,
                              musicbrainz_min_interval_s=args.musicbrainz_min_interval,
                              deezer_fallback=not args.no_deezer, musicbrainz=not args.no_musicbrainz)
     items = pd.read_csv(args.items, dtype=str, keep_default_na=False)

@@ -22,6 +22,7 @@ log = logging.getLogger("genrefusion")
 @hydra.main(version_base="1.3", config_path="../conf", config_name="score")
 @report_user_errors
 def main(cfg: DictConfig) -> None:
+    from acquire.http import download_policy
     from scoring.tables import parse_shard
 
     if cfg.engine not in ("local", "ray"):
@@ -32,7 +33,7 @@ def main(cfg: DictConfig) -> None:
     output = Path(cfg.output) if cfg.output else Path(HydraConfig.get().runtime.output_dir) / default_name
     common = {"shard": str(cfg.shard), "batch_size": cfg.batch_size, "catalogue": cfg.catalogue,
               "cache_dir": cfg.paths.cache_dir, "download_dir": cfg.download_dir, "device": cfg.device,
-              "progress": cfg.progress, "also_csv": cfg.also_csv}
+              "progress": cfg.progress, "also_csv": cfg.also_csv, "download": download_policy(cfg.download)}
     if cfg.engine == "ray":
         from scoring.ray_engine import score_table_ray
 

@@ -235,3 +235,21 @@ def test_the_inverse_stft_equals_torchs():
         torch.testing.assert_close(ours, expected, rtol=0, atol=1e-5 * float(expected.abs().max()))
     with pytest.raises(ValueError, match="multiple"):
         overlap_add(torch.zeros(1, 4, 10), 3)
+
+
+def test_the_cpu_masked_spectra_equal_the_tensor_masks():
+    """The numba pass (CPU) against the tensor code the GPU runs, with silent bins (both medians 0)."""
+    import torch
+
+    from audio.features_torch import hpss_masks, masked_spectra
+
+    rng = np.random.default_rng(3)
+    harmonic = torch.from_numpy(rng.random((2, 50, 60)).astype(np.float32) ** 3)
+    percussive = torch.from_numpy(rng.random((2, 50, 60)).astype(np.float32) ** 3)
+    harmonic[:, :5], percussive[:, :5] = 0.0, 0.0
+    spectrum = torch.complex(torch.randn(2, 50, 60), torch.randn(2, 50, 60))
+    mask_harmonic, mask_percussive = hpss_masks(harmonic, percussive)
+    ours = masked_spectra(spectrum, harmonic, percussive)
+    torch.testing.assert_close(ours[0], spectrum * mask_harmonic, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(ours[1], spectrum * mask_percussive, rtol=1e-6, atol=1e-7)
+    assert (ours[0][:, :5] == 0).all()

@@ -34,7 +34,7 @@ def test_5xx_backs_off_and_429_waits_as_told(loopback, monkeypatch):
     assert transient_delay(error, 0, RetryPolicy()) == 7.0
     assert transient_delay(requests.HTTPError(response=_response(429, {})), 2, RetryPolicy(backoff_s=1)) == 4.0
     assert transient_delay(requests.HTTPError(response=_response(429, {"Retry-After": "9999"})), 0,
-                           RetryPolicy(retry_after_max_s=120)) == 120.0
+                           RetryPolicy(retry_after_max_s=120)) == 9999.0  # as asked: the Retrier refuses it
     assert transient_delay(requests.HTTPError(response=_response(404, {})), 0, RetryPolicy()) is None
 
 
@@ -91,3 +91,30 @@ def test_refused_connections_are_not_retried(monkeypatch):
     else:
         raise AssertionError("a refused connection did not raise")
     assert sleeps == []
+
+
+def test_a_retry_after_over_the_cap_fails_at_once_and_the_last_attempt_sleeps_no_more(monkeypatch):
+    from acquire.http import DownloadLimit, RetriesExhausted
+
+    sleeps = _recorded_sleeps(monkeypatch)
+    retry = Retrier(RetryPolicy(min_interval_s=0, retry_after_max_s=120, max_attempts=3, backoff_s=1))
+
+    def busy():
+        raise requests.HTTPError(response=_response(429, {"Retry-After": "3600"}))
+
+    try:
+        retry(busy, "busy")
+    except DownloadLimit as error:
+        assert "asks to wait 3600 s (Retry-After), over the 120-s cap" in str(error)
+    else:
+        raise AssertionError("a Retry-After of an hour was waited for")
+    assert sleeps == []
+
+    def failing():
+        raise requests.HTTPError(response=_response(503, {}))
+
+    try:
+        retry(failing, "failing")
+    except RetriesExhausted as error:
+        assert "3 attempts failed" in str(error)
+    assert sleeps == [1.0, 2.0]  # between attempts only: nothing after the third
