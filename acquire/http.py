@@ -228,36 +228,38 @@ def _watch(sock: socket.socket | None) -> None:
         watchdog.watch(sock)
 
 
-class _WatchedHTTPConnection(urllib3.connection.HTTPConnection):
+class _WatchedConnection:
+    """A urllib3 connection that hands each socket it opens to the running download's watchdog."""
+
     def _new_conn(self) -> socket.socket:
         sock = super()._new_conn()
         _watch(sock)
         return sock
 
 
-class _WatchedHTTPSConnection(urllib3.connection.HTTPSConnection):
-    def _new_conn(self) -> socket.socket:
-        sock = super()._new_conn()
-        _watch(sock)
-        return sock
+class _WatchedHTTPConnection(_WatchedConnection, urllib3.connection.HTTPConnection):
+    pass
 
 
-class _WatchedHTTPPool(urllib3.HTTPConnectionPool):
-    ConnectionCls = _WatchedHTTPConnection
-
-    def _get_conn(self, timeout: float | None = None):
-        conn = super()._get_conn(timeout)
-        _watch(conn.sock)  # a kept-alive connection: its socket exists already
-        return conn
+class _WatchedHTTPSConnection(_WatchedConnection, urllib3.connection.HTTPSConnection):
+    pass
 
 
-class _WatchedHTTPSPool(urllib3.HTTPSConnectionPool):
-    ConnectionCls = _WatchedHTTPSConnection
+class _WatchedPool:
+    """A urllib3 pool whose kept-alive connections (their sockets exist already) are watched when reused."""
 
     def _get_conn(self, timeout: float | None = None):
         conn = super()._get_conn(timeout)
         _watch(conn.sock)
         return conn
+
+
+class _WatchedHTTPPool(_WatchedPool, urllib3.HTTPConnectionPool):
+    ConnectionCls = _WatchedHTTPConnection
+
+
+class _WatchedHTTPSPool(_WatchedPool, urllib3.HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPSConnection
 
 
 class _WatchedAdapter(requests.adapters.HTTPAdapter):
