@@ -21,38 +21,42 @@ PAD_MODE = "reflect"
 HPSS_KERNEL = 31
 
 
-@numba.njit(cache=True, nogil=True)
+# No NaN (documented) and no signed zeros (a median of -0.0 and 0.0 is either): with these the
+# compiler vectorises the inner loop's comparisons and min/max, ~1.7x; infinities stay exact.
+@numba.njit(cache=True, nogil=True, fastmath={"nnan", "nsz"})
 def _running_median_columns(padded: np.ndarray, width: int, out: np.ndarray) -> None:
     # Each output column's medians follow from the previous column's: sliding by one removes one
     # sample and adds one, so a column's median is the previous value, the next distinct value below
     # it or the next above, whichever has the middle rank. One pass over the window counts the samples
     # below and above the previous median and finds its neighbours; the inner loop runs along the
-    # contiguous axis (every filtered row at once), which the compiler vectorises.
+    # contiguous axis (every filtered row at once), which the compiler vectorises. The counts are kept
+    # in the samples' float type (exact below 2**24), so that every lane of the loop has one width.
     n_steps, n_rows = out.shape
     half = width // 2
     median = np.empty(n_rows, dtype=padded.dtype)
     for r in range(n_rows):
         median[r] = np.sort(padded[:width, r])[half]
     out[0] = median
-    below_count = np.empty(n_rows, dtype=np.int32)
-    above_count = np.empty(n_rows, dtype=np.int32)
+    below_count = np.empty(n_rows, dtype=padded.dtype)
+    above_count = np.empty(n_rows, dtype=padded.dtype)
     below = np.empty(n_rows, dtype=padded.dtype)
     above = np.empty(n_rows, dtype=padded.dtype)
+    lowest, highest = padded.dtype.type(-np.inf), padded.dtype.type(np.inf)
+    one, zero = padded.dtype.type(1), padded.dtype.type(0)
     for step in range(1, n_steps):
-        below_count[:] = 0
-        above_count[:] = 0
-        below[:] = -np.inf
-        above[:] = np.inf
+        below_count[:] = zero
+        above_count[:] = zero
+        below[:] = lowest
+        above[:] = highest
         for k in range(step, step + width):
             sample = padded[k]
             for r in range(n_rows):
                 v = sample[r]
-                is_below = v < median[r]
-                is_above = v > median[r]
-                below_count[r] += is_below
-                above_count[r] += is_above
-                below[r] = max(below[r], v if is_below else -np.inf)
-                above[r] = min(above[r], v if is_above else np.inf)
+                m = median[r]
+                below_count[r] += one if v < m else zero
+                above_count[r] += one if v > m else zero
+                below[r] = max(below[r], v if v < m else lowest)
+                above[r] = min(above[r], v if v > m else highest)
         for r in range(n_rows):
             if below_count[r] > half:
                 median[r] = below[r]

@@ -56,6 +56,29 @@ def _symmetric_pad(x: torch.Tensor, half: int) -> torch.Tensor:
     return torch.cat([x[..., :half].flip(-1), x, x[..., -half:].flip(-1)], dim=-1)
 
 
+def magnitude_and_power(spectrum: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``|spectrum|`` and ``|spectrum|**2`` of a complex tensor, both float32 of its shape.
+
+    On the CPU one numba pass (torch's complex ``abs`` is an overflow-safe ``hypot``, ~10x slower;
+    a spectrum's squares are far from overflowing); elsewhere tensor code.
+    """
+    if spectrum.device.type != "cpu":
+        magnitude = spectrum.abs()
+        return magnitude, magnitude**2
+    flat = spectrum.contiguous().numpy().reshape(-1)
+    magnitude, power = np.empty(flat.shape, np.float32), np.empty(flat.shape, np.float32)
+    _magnitude_power_kernel(flat, magnitude, power)
+    return torch.from_numpy(magnitude).view(spectrum.shape), torch.from_numpy(power).view(spectrum.shape)
+
+
+@numba.njit(cache=True, nogil=True)
+def _magnitude_power_kernel(spectrum, magnitude, power) -> None:
+    for i in range(spectrum.shape[0]):
+        squared = spectrum[i].real * spectrum[i].real + spectrum[i].imag * spectrum[i].imag
+        power[i] = squared
+        magnitude[i] = np.sqrt(squared)
+
+
 def running_median(S: torch.Tensor, width: int, dim: int) -> torch.Tensor:
     """Median over ``width`` (odd) neighbours along ``dim`` of ``(batch, freq, frames)``, edges mirrored,
     as ``scipy.ndimage.median_filter`` with a 1-D window.
@@ -87,41 +110,46 @@ def hpss_masks(harmonic: torch.Tensor, percussive: torch.Tensor) -> tuple[torch.
     return torch.where(silent, zero, h / total), torch.where(silent, zero, p / total)
 
 
-def masked_spectra(spectrum: torch.Tensor, harmonic: torch.Tensor,
-                   percussive: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``spectrum`` times each of :func:`hpss_masks`: the harmonic and percussive spectra.
+def harmonic_spectrum(spectrum: torch.Tensor, harmonic: torch.Tensor,
+                      percussive: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``spectrum`` times the harmonic mask of :func:`hpss_masks`, and for each clip whether the two
+    masks sum to one on every bin that carries energy: ``(harmonic spectrum, complete (batch,) bool)``.
 
-    On the CPU one numba pass over the bins (masks and products without a temporary per step);
-    elsewhere the tensor code of :func:`hpss_masks`.
+    Where ``complete``, the percussive spectrum is ``spectrum`` less the harmonic one (the masks
+    leave out only bins where both medians are ~0). On the CPU one numba pass over the bins (mask
+    and product without a temporary per step); elsewhere the tensor code of :func:`hpss_masks`.
     """
     if spectrum.device.type != "cpu":
-        mask_harmonic, mask_percussive = hpss_masks(harmonic, percussive)
-        return spectrum * mask_harmonic, spectrum * mask_percussive
-    # Frames-major, as torch.stft lays the spectrum out: the inverse FFTs then read the same memory
+        mask_harmonic, _ = hpss_masks(harmonic, percussive)
+        left_out = (torch.maximum(harmonic, percussive) < _tiny(harmonic)) & (spectrum != 0)
+        return spectrum * mask_harmonic, ~left_out.flatten(1).any(dim=1)
+    # Frames-major, as torch.stft lays the spectrum out: the inverse FFT then reads the same memory
     # layout as before masking (another layout rounds a clip differently alone and in a batch).
+    batch = spectrum.shape[0]
     frames_major = spectrum.transpose(-1, -2).contiguous()
-    out_harmonic, out_percussive = torch.empty_like(frames_major), torch.empty_like(frames_major)
-    _masked_spectra_kernel(frames_major.numpy().reshape(-1),
-                           harmonic.transpose(-1, -2).contiguous().numpy().reshape(-1),
-                           percussive.transpose(-1, -2).contiguous().numpy().reshape(-1),
-                           out_harmonic.numpy().reshape(-1), out_percussive.numpy().reshape(-1),
-                           np.finfo(np.float32).tiny)
-    return out_harmonic.transpose(-1, -2), out_percussive.transpose(-1, -2)
+    out = torch.empty_like(frames_major)
+    complete = np.empty(batch, dtype=np.bool_)
+    _harmonic_kernel(frames_major.numpy().reshape(batch, -1),
+                     harmonic.transpose(-1, -2).contiguous().numpy().reshape(batch, -1),
+                     percussive.transpose(-1, -2).contiguous().numpy().reshape(batch, -1),
+                     out.numpy().reshape(batch, -1), np.finfo(np.float32).tiny, complete)
+    return out.transpose(-1, -2), torch.from_numpy(complete)
 
 
 @numba.njit(cache=True, nogil=True)
-def _masked_spectra_kernel(spectrum, harmonic, percussive, out_harmonic, out_percussive, tiny) -> None:
-    for i in range(spectrum.shape[0]):
-        z = max(harmonic[i], percussive[i])
-        if z < tiny:
-            out_harmonic[i] = 0
-            out_percussive[i] = 0
-            continue
-        h = (harmonic[i] / z) ** 2
-        p = (percussive[i] / z) ** 2
-        total = h + p
-        out_harmonic[i] = spectrum[i] * (h / total)
-        out_percussive[i] = spectrum[i] * (p / total)
+def _harmonic_kernel(spectrum, harmonic, percussive, out, tiny, complete) -> None:
+    for clip in range(spectrum.shape[0]):
+        whole = True
+        for i in range(spectrum.shape[1]):
+            z = max(harmonic[clip, i], percussive[clip, i])
+            if z < tiny:
+                out[clip, i] = 0
+                whole = whole and spectrum[clip, i] == 0
+                continue
+            h = (harmonic[clip, i] / z) ** 2
+            p = (percussive[clip, i] / z) ** 2
+            out[clip, i] = spectrum[clip, i] * (h / (h + p))
+        complete[clip] = whole
 
 
 def estimate_tuning(power: torch.Tensor, sr: int, n_fft: int) -> torch.Tensor:
@@ -244,8 +272,7 @@ class GtzanFeatures(nn.Module):
             raise AudioError(f"too short for the GTZAN features: {n_samples} samples ({n_samples / self.sr:.3f} s); "
                              f"at least {self.n_fft // 2 + 1} needed")
         spectrum = stft(y, self.n_fft, self.hop_length, self.mel.window, PAD_MODE)
-        magnitude = spectrum.abs()
-        power = magnitude**2
+        magnitude, power = magnitude_and_power(spectrum)
         columns: dict[str, torch.Tensor] = {}
 
         def add(name: str, values: torch.Tensor) -> None:
@@ -263,9 +290,10 @@ class GtzanFeatures(nn.Module):
 
         along_time = running_median(magnitude, HPSS_KERNEL, -1)
         along_freq = running_median(magnitude, HPSS_KERNEL, -2)
-        harmonic, percussive = masked_spectra(spectrum, along_time, along_freq)
-        add("harmony", self._waveform(harmonic, n_samples))
-        add("perceptr", self._waveform(percussive, n_samples))
+        harmonic, complete = harmonic_spectrum(spectrum, along_time, along_freq)
+        harmony = self._waveform(harmonic, n_samples)
+        add("harmony", harmony)
+        add("perceptr", self._percussive_waveform(y, harmony, spectrum, along_time, along_freq, complete))
 
         mel_db = _power_to_db(self.mel.mel_basis @ power)
         columns["tempo"] = self._tempo(mel_db)
@@ -297,6 +325,21 @@ class GtzanFeatures(nn.Module):
         # then zero-padded back to the clip's length.
         wave = inverse_stft(spectrum, self.n_fft, self.hop_length, self.mel.window)
         return torch.nn.functional.pad(wave, (0, n_samples - wave.shape[-1]))[..., :n_samples]
+
+    def _percussive_waveform(self, y: torch.Tensor, harmony: torch.Tensor, spectrum: torch.Tensor,
+                             along_time: torch.Tensor, along_freq: torch.Tensor,
+                             complete: torch.Tensor) -> torch.Tensor:
+        # Where the soft masks sum to one, the percussive waveform is the clip less the harmonic one
+        # (the STFT inverts exactly over the samples an inversion keeps): one inverse STFT, not two.
+        # Clips with energy in bins that neither mask keeps invert their own percussive spectrum.
+        n_samples = y.shape[-1]
+        kept = self.hop_length * (spectrum.shape[-1] - 1)
+        wave = torch.nn.functional.pad(y[:, :kept] - harmony[:, :kept], (0, n_samples - kept))
+        if not bool(complete.all()):
+            rest = ~complete.to(y.device)
+            _, mask_percussive = hpss_masks(along_time[rest], along_freq[rest])
+            wave[rest] = self._waveform(spectrum[rest] * mask_percussive, n_samples)
+        return wave
 
     def _tempo(self, mel_db: torch.Tensor) -> torch.Tensor:
         # librosa.onset.onset_strength(S=mel_db, aggregate=np.median): the positive first difference,

@@ -237,19 +237,56 @@ def test_the_inverse_stft_equals_torchs():
         overlap_add(torch.zeros(1, 4, 10), 3)
 
 
-def test_the_cpu_masked_spectra_equal_the_tensor_masks():
-    """The numba pass (CPU) against the tensor code the GPU runs, with silent bins (both medians 0)."""
+def test_the_cpu_harmonic_spectrum_equals_the_tensor_mask_and_flags_energy_left_out():
+    """The numba pass (CPU) against the tensor code the GPU runs, with silent bins (both medians 0):
+    a clip whose silent bins carry energy is flagged incomplete, one whose silent bins are empty is not."""
     import torch
 
-    from audio.features_torch import hpss_masks, masked_spectra
+    from audio.features_torch import harmonic_spectrum, hpss_masks
 
     rng = np.random.default_rng(3)
     harmonic = torch.from_numpy(rng.random((2, 50, 60)).astype(np.float32) ** 3)
     percussive = torch.from_numpy(rng.random((2, 50, 60)).astype(np.float32) ** 3)
     harmonic[:, :5], percussive[:, :5] = 0.0, 0.0
     spectrum = torch.complex(torch.randn(2, 50, 60), torch.randn(2, 50, 60))
-    mask_harmonic, mask_percussive = hpss_masks(harmonic, percussive)
-    ours = masked_spectra(spectrum, harmonic, percussive)
-    torch.testing.assert_close(ours[0], spectrum * mask_harmonic, rtol=1e-6, atol=1e-7)
-    torch.testing.assert_close(ours[1], spectrum * mask_percussive, rtol=1e-6, atol=1e-7)
-    assert (ours[0][:, :5] == 0).all()
+    spectrum[1, :5] = 0
+    mask_harmonic, _ = hpss_masks(harmonic, percussive)
+    ours, complete = harmonic_spectrum(spectrum, harmonic, percussive)
+    torch.testing.assert_close(ours, spectrum * mask_harmonic, rtol=1e-6, atol=1e-7)
+    assert (ours[:, :5] == 0).all()
+    assert complete.tolist() == [False, True]
+
+
+def test_the_percussive_waveform_as_the_clip_less_the_harmonic_equals_its_own_inversion(lossless_items):
+    """The shortcut (one inverse STFT) against inverting the percussive spectrum, which the features
+    fall back to for clips whose silent bins carry energy; on a real clip, float32 rounding apart."""
+    import torch
+
+    from audio.features import HPSS_KERNEL
+    from audio.features_torch import GtzanFeatures, harmonic_spectrum, magnitude_and_power, running_median
+    from audio.mel import stft
+
+    module = GtzanFeatures()
+    y = torch.from_numpy(load_audio(lossless_items["audio_path"].iloc[0]).y[:22050 * 5]).unsqueeze(0)
+    spectrum = stft(y, module.n_fft, module.hop_length, module.mel.window, "reflect")
+    magnitude, _ = magnitude_and_power(spectrum)
+    along_time, along_freq = running_median(magnitude, HPSS_KERNEL, -1), running_median(magnitude, HPSS_KERNEL, -2)
+    harmonic, complete = harmonic_spectrum(spectrum, along_time, along_freq)
+    assert complete.all()
+    harmony = module._waveform(harmonic, y.shape[-1])
+    shortcut = module._percussive_waveform(y, harmony, spectrum, along_time, along_freq, complete)
+    inverted = module._percussive_waveform(y, harmony, spectrum, along_time, along_freq, ~complete)
+    torch.testing.assert_close(shortcut, inverted, rtol=0, atol=1e-6 * float(y.abs().max()))
+    assert float((inverted - shortcut).abs().max()) > 0  # the fallback really inverted the spectrum
+
+
+def test_magnitude_and_power_equal_torchs_complex_abs():
+    import torch
+
+    from audio.features_torch import magnitude_and_power
+
+    spectrum = torch.complex(torch.randn(2, 30, 40), torch.randn(2, 30, 40)).transpose(-1, -2)
+    magnitude, power = magnitude_and_power(spectrum)
+    assert magnitude.shape == power.shape == spectrum.shape
+    torch.testing.assert_close(magnitude, spectrum.abs(), rtol=1e-6, atol=0)
+    torch.testing.assert_close(power, spectrum.abs() ** 2, rtol=1e-5, atol=0)
