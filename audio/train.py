@@ -25,6 +25,7 @@ from data.prepare import PreparedData
 from engine.config import prepare_from_config, trainer_config
 from engine.report import add_to_metrics, paired_accuracy_difference
 from engine.run import fit_estimator_and_report, held_out, report_fixed_model, train_and_report
+from engine.selection import train_with_selection
 from engine.trainer import seed_everything
 
 log = logging.getLogger(__name__)
@@ -59,8 +60,11 @@ def train_audio(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     ``input_problems.csv`` for audio that failed) and ``predictions.csv`` for val and test
     clips. With ``audio.reference: logreg`` a scikit-learn logistic regression on the same
     features and split is reported beside it (``reference_logreg/``) with the paired
-    accuracy difference. Returns the test metrics.
+    accuracy difference. With ``audio.select``, each candidate is trained so and the best on
+    validation kept (:func:`engine.selection.train_with_selection`). Returns the test metrics.
     """
+    if cfg.audio.get("select"):
+        return train_with_selection(cfg, "audio", run_dir, train_audio, check=check_audio_config)
     check_audio_config(cfg)
     branch = cfg.audio
     model_cfg = OmegaConf.to_container(branch.model, resolve=True)
@@ -160,7 +164,7 @@ def _logreg_reference(train: AudioInputs, test: AudioInputs, kind: str, labels: 
     reference, proba = fit_estimator_and_report(
         sklearn_on_model_inputs(LogisticRegression(max_iter=5000), log_mask), train.arrays[kind],
         train.items["y"].to_numpy(), test.items, test.arrays[kind], labels, run_dir / "reference_logreg",
-        title=f"{title} · split {card['split_name']}", card=card, seed=seed, predictions=False,
+        title=f"{title} · split {card['split_name']}", card=card, seed=seed,
     )
     summary = {**{k: reference[k] for k in ("n", "accuracy", "ci95")}, "log_columns": int(log_mask.sum())}
     summary["model_minus_reference"] = paired_accuracy_difference(test.items["y"], model_predictions,

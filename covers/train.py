@@ -31,6 +31,7 @@ from engine.config import prepare_from_config, trainer_config
 from engine.predictions import read_predictions
 from engine.registry import Registry
 from engine.run import fit_estimator_and_report, held_out, train_and_report
+from engine.selection import train_with_selection
 from engine.trainer import TrainerConfig, seed_everything
 
 log = logging.getLogger(__name__)
@@ -159,7 +160,12 @@ def check_covers_config(cfg: DictConfig) -> None:
 
 
 def train_covers(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    """Fit ``cfg.covers`` on the train part (early stop on val), report on test, write ``predictions.csv``."""
+    """Fit ``cfg.covers`` on the train part (early stop on val), report on test, write ``predictions.csv``.
+
+    With ``covers.select``, each candidate is trained so and the best on validation kept
+    (:func:`engine.selection.train_with_selection`)."""
+    if cfg.covers.get("select"):
+        return train_with_selection(cfg, "covers", run_dir, train_covers, check=check_covers_config)
     check_covers_config(cfg)
     branch = cfg.covers
     mode = resolve_mode(branch.mode)

@@ -66,3 +66,8 @@ def write_json(path: str | Path, payload: Any) -> None:
     ``NaN``, which jq, JavaScript and other strict JSON readers reject.
     """
     write_text_atomic(path, json.dumps(finite_or_null(payload), indent=2, default=str, allow_nan=False))
+
+
+def update_json(path: str | Path, **fields: Any) -> None:
+    """Add (or replace) top-level ``fields`` of the JSON object at ``path``, atomically."""
+    write_json(path, {**json.loads(Path(path).read_text()), **fields})

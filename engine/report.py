@@ -1,17 +1,20 @@
 """The one evaluation/report path: metrics with bootstrap intervals, text report, confusion PNG."""
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from engine.io import write_json, write_text_atomic
+from engine.io import update_json, write_json, write_text_atomic
 
 #: The metrics every table and summary quotes, each with its bootstrap interval in ``ci95``.
 HEADLINE = ("accuracy", "balanced_accuracy", "macro_f1")
+
+
+#: Smallest probability a log-loss reads (a confident wrong answer costs log(1e12), not infinity).
+PROBABILITY_FLOOR = 1e-12
 
 
 def _safe_divide(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -109,6 +112,28 @@ def evaluate_predictions(y_true: Sequence[int], y_pred: Sequence[int], labels: S
     }
 
 
+def expected_calibration_error(proba: np.ndarray, y: np.ndarray, n_bins: int = 10) -> float:
+    """ECE: over ``n_bins`` equal-width confidence bins, the item-weighted mean |accuracy − confidence|.
+
+    Confidence is the top-class probability; an item falls in bin ``b`` when its confidence is in
+    ``((b − 1)/n_bins, b/n_bins]`` (the first bin also takes 0).
+    """
+    proba, y = np.asarray(proba, dtype=float), np.asarray(y)
+    confidence, predicted = proba.max(1), proba.argmax(1)
+    bins = np.clip(np.ceil(confidence * n_bins).astype(int) - 1, 0, n_bins - 1)
+    error = 0.0
+    for b in range(n_bins):
+        inside = bins == b
+        if inside.any():
+            error += inside.mean() * abs((predicted[inside] == y[inside]).mean() - confidence[inside].mean())
+    return float(error)
+
+
+def log_loss(proba: np.ndarray, y: np.ndarray) -> float:
+    """Mean negative log-probability of the true class."""
+    return float(-np.log(np.clip(np.asarray(proba)[np.arange(len(y)), np.asarray(y)], PROBABILITY_FLOOR, 1)).mean())
+
+
 def format_classification_report(metrics: dict[str, Any], digits: int = 2) -> str:
     """Text laid out like scikit-learn's ``classification_report``, plus the intervals."""
     labels = metrics["labels"]
@@ -188,8 +213,7 @@ def headline(metrics: dict[str, Any], names: Sequence[str] = HEADLINE) -> dict[s
 
 def add_to_metrics(run_dir: str | Path, **fields: Any) -> None:
     """Add fields to a run's ``metrics.json`` (results computed after the report, e.g. a reference model)."""
-    path = Path(run_dir) / "metrics.json"
-    write_json(path, {**json.loads(path.read_text()), **fields})
+    update_json(Path(run_dir) / "metrics.json", **fields)
 
 
 def mcnemar(y_true: Sequence[int], pred_a: Sequence[int], pred_b: Sequence[int]) -> dict[str, float]:

@@ -1,4 +1,5 @@
-"""Calibration: expected calibration error, reliability diagrams, and temperature scaling of a branch.
+"""Calibration: reliability diagrams and temperature scaling of a branch (the expected calibration error and
+log-loss are metrics of :mod:`engine.report`).
 
 A branch trained with label smoothing (or on few items) can be confidently wrong or timidly
 right; a fusion head that averages or stacks probabilities inherits that. Temperature scaling
@@ -13,29 +14,8 @@ from pathlib import Path
 import numpy as np
 from scipy.optimize import minimize_scalar
 
-EPS = 1e-12
+from engine.report import PROBABILITY_FLOOR, expected_calibration_error, log_loss
 
-
-def expected_calibration_error(proba: np.ndarray, y: np.ndarray, n_bins: int = 10) -> float:
-    """ECE: over ``n_bins`` equal-width confidence bins, the item-weighted mean |accuracy − confidence|.
-
-    Confidence is the top-class probability; an item falls in bin ``b`` when its confidence is in
-    ``((b − 1)/n_bins, b/n_bins]`` (the first bin also takes 0).
-    """
-    proba, y = np.asarray(proba, dtype=float), np.asarray(y)
-    confidence, predicted = proba.max(1), proba.argmax(1)
-    bins = np.clip(np.ceil(confidence * n_bins).astype(int) - 1, 0, n_bins - 1)
-    error = 0.0
-    for b in range(n_bins):
-        inside = bins == b
-        if inside.any():
-            error += inside.mean() * abs((predicted[inside] == y[inside]).mean() - confidence[inside].mean())
-    return float(error)
-
-
-def log_loss(proba: np.ndarray, y: np.ndarray) -> float:
-    """Mean negative log-probability of the true class."""
-    return float(-np.log(np.clip(np.asarray(proba)[np.arange(len(y)), np.asarray(y)], EPS, 1)).mean())
 
 
 def reliability(proba: np.ndarray, y: np.ndarray, n_bins: int = 10) -> dict[str, list[float]]:
@@ -88,7 +68,7 @@ class TemperatureScaling:
     @staticmethod
     def scale(proba: np.ndarray, temperature: float) -> np.ndarray:
         """Rows of NaN (a missing modality) stay NaN."""
-        logits = np.log(np.clip(proba, EPS, 1)) / temperature
+        logits = np.log(np.clip(proba, PROBABILITY_FLOOR, 1)) / temperature
         logits -= np.nanmax(logits, axis=1, keepdims=True)
         scaled = np.exp(logits)
         return scaled / scaled.sum(1, keepdims=True)

@@ -18,11 +18,11 @@ import pandas as pd
 
 from engine.io import atomic_path, write_json, write_text_atomic
 from engine.predictions import present, probability_columns
-from engine.report import (evaluate_predictions, format_classification_report, headline, mcnemar,
-                           paired_accuracy_difference, plot_confusions)
+from engine.report import (evaluate_predictions, expected_calibration_error, format_classification_report, headline,
+                           log_loss, mcnemar, paired_accuracy_difference, plot_confusions)
 from engine.run import write_model_card
 from engine.summary import results_table
-from fusion.calibration import expected_calibration_error, log_loss, plot_reliability
+from fusion.calibration import plot_reliability
 
 log = logging.getLogger(__name__)
 

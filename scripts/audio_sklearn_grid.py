@@ -37,7 +37,7 @@ from engine.config import compose_config
 from engine.io import write_json
 from engine.report import paired_accuracy_difference
 from engine.run import all_class_proba, fit_estimator_and_report, machine_info
-from fusion.calibration import log_loss
+from engine.report import log_loss
 
 log = logging.getLogger("genrefusion")
 #: Settings per family. C is scikit-learn's inverse penalty; alpha its MLP's L2 penalty.

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, open_dict
 from engine import distributed
 from engine.cli import report_user_errors
 from engine.config import check_crossfit_possible, register_configs, split_spec
+from engine.selection import CANDIDATES_DIR, write_selection_summary
 
 register_configs()
 log = logging.getLogger("genrefusion")
@@ -67,7 +68,11 @@ def main(cfg: DictConfig) -> float:
     finally:
         distributed.shut_down()
     if distributed.launched_rank() == 0:
-        print_results(rows, run_dir, figures=sorted(run_dir.glob("**/confusion*.png"))[:6])
+        figures = [path for path in sorted(run_dir.glob("**/confusion*.png")) if CANDIDATES_DIR not in path.parts]
+        selections = write_selection_summary(run_dir)
+        if selections is not None:
+            figures.insert(0, selections)  # listed first: which model each folder kept, and why
+        print_results(rows, run_dir, figures=figures[:6])
     return list(rows.values())[-1]["accuracy"]  # the fused row when fusion ran (multirun objective)
 
 

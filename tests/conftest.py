@@ -8,7 +8,7 @@ from data.root import resolve_data_root
 
 #: Fixtures that train a whole run (the main job, a k-fold run, a paired run, a segment run): every
 #: test that uses one is marked ``slow``, so ``-m "not slow"`` is a quick loop without them.
-WHOLE_RUN_FIXTURES = frozenset({"main_job_run", "kfold_run", "paired_run", "trained_run"})
+WHOLE_RUN_FIXTURES = frozenset({"main_job_run", "kfold_run", "paired_run", "trained_run", "selected_runs"})
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

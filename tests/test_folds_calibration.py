@@ -15,7 +15,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_expected_calibration_error_equals_a_hand_computation(tmp_path):
-    from fusion.calibration import expected_calibration_error, plot_reliability
+    from engine.report import expected_calibration_error
+    from fusion.calibration import plot_reliability
 
     # Confidences 0.9, 0.8 (bin 9 with 10 bins is (0.8, 0.9]: 0.9 only; 0.8 falls in (0.7, 0.8]), 0.6, 0.55.
     proba = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.45, 0.55]])
@@ -31,7 +32,8 @@ def test_expected_calibration_error_equals_a_hand_computation(tmp_path):
 
 
 def test_temperature_scaling_keeps_the_argmax_and_fixes_overconfidence():
-    from fusion.calibration import TemperatureScaling, expected_calibration_error, log_loss
+    from engine.report import expected_calibration_error, log_loss
+    from fusion.calibration import TemperatureScaling
 
     rng = np.random.default_rng(0)
     y = rng.integers(0, 3, 2000)
@@ -128,7 +130,7 @@ def kfold_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("kfold")
     result = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "run.py"), f"paths.root_dir={folder}", "trainer.progress=false",
-         "data=spotify_albums", "audio=descriptor_mlp", "labels=rap_country", "split=kfold", f"split.folds={FOLDS}",
+         "data=spotify_albums", "audio=descriptor_select", "labels=rap_country", "split=kfold", f"split.folds={FOLDS}",
          "fusion.fit_on=crossfit", f"fusion.crossfit_folds={INNER_FOLDS}", "audio.trainer.max_epochs=20"],
         capture_output=True, text=True, timeout=900, cwd=folder)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -141,7 +143,16 @@ def test_kfold_run_predicts_every_track_out_of_fold_exactly_once(kfold_run):
     assert "fused (weighted, validation-fitted) · pairing: real" in stdout
     folds = json.loads((run_dir / "folds.json").read_text())
     assert folds["folds"] == FOLDS and (run_dir / "folds.md").is_file()
-    assert len(folds["per_fold_mean_std"]["audio-only (descriptor_mlp)"]["accuracy"]["folds"]) == FOLDS
+    assert len(folds["per_fold_mean_std"]["audio-only (descriptor_select)"]["accuracy"]["folds"]) == FOLDS
+    # The audio model is chosen on validation in every outer and inner fold, and the chosen one is what the
+    # fold's folder holds (what fusion read).
+    for audio in [run_dir / f"fold-{k}" / "audio" for k in range(FOLDS)] + \
+            [run_dir / f"fold-{k}" / "crossfit" / f"fold-{j}" / "audio" for k in range(FOLDS) for j in range(INNER_FOLDS)]:
+        selection = json.loads((audio / "metrics.json").read_text())["selection"]
+        assert set(selection["candidates"]) == {"mlp", "mlp_lbfgs", "logistic_weak", "logistic", "logistic_strong"}
+        chosen = audio / "candidates" / selection["chosen"]
+        assert (audio / "checkpoint.pt").read_bytes() == (chosen / "checkpoint.pt").read_bytes()
+        assert (audio / "predictions.csv").read_text() == (chosen / "predictions.csv").read_text()
     pooled = pd.read_csv(run_dir / "pooled" / "comparison_items.csv", dtype={"item_id": str})
     assert pooled["item_id"].is_unique
     split_file = json.loads((run_dir / "fold-0" / "covers" / "metrics.json").read_text())["split_file"]

@@ -20,7 +20,8 @@ def _run_main(tmp_path, *overrides, timeout=600):
 
 def test_audio_branch_writes_a_complete_run_folder(tmp_path):
     # GTZAN audio: its artist-filtered split by default. Variances on a log scale, for the model and its reference.
-    stdout, run_dir = _run_main(tmp_path, "branches=[audio]", "audio.trainer.max_epochs=30", "audio.model.log_variances=true")
+    stdout, run_dir = _run_main(tmp_path, "branches=[audio]", "audio=feature_mlp", "audio.trainer.max_epochs=30",
+                                "audio.model.log_variances=true")
     assert "audio-only (feature_mlp)" in stdout
     audio = run_dir / "audio"
     for name in ("history.csv", "metrics.json", "report.txt", "confusion.png", "checkpoint.pt",
@@ -95,7 +96,7 @@ def test_main_job_prints_image_audio_and_fused_rows(main_job_run):
     """The default main job (audio + covers + fusion) on a 150-cover subset of the Discogs covers."""
     stdout, run_dir = main_job_run
     for row in ("image-only (efficientnet_lite0_frozen) · pairing: synthetic",
-                "audio-only (feature_mlp) · pairing: synthetic", "fused (weighted) · pairing: synthetic"):
+                "audio-only (feature_select) · pairing: synthetic", "fused (weighted) · pairing: synthetic"):
         assert row in stdout
     assert (run_dir / "fusion" / "confusions_pairing-synthetic.png").is_file()
     assert str(run_dir / "fusion" / "confusions_pairing-synthetic.png") in stdout
@@ -124,7 +125,7 @@ def test_main_job_prints_image_audio_and_fused_rows(main_job_run):
 def test_a_run_whose_output_is_a_file_logs_lines_instead_of_redrawing_bars(tmp_path):
     """Progress on (the default), standard error captured: no carriage-return redraws, no bar text."""
     result = subprocess.run([sys.executable, str(ROOT / "scripts" / "run.py"), f"paths.root_dir={tmp_path}",
-                             "branches=[audio]", "audio.trainer.max_epochs=30"],
+                             "branches=[audio]", "audio=feature_mlp", "audio.trainer.max_epochs=30"],
                             capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     output = result.stdout + result.stderr
