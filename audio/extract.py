@@ -57,9 +57,9 @@ class _DecodedWindow:
 class _FeatureJob:
     """The 57 GTZAN features of a window, as a dict (JSON-cached), by the torch extractor.
 
-    ``device=None``: each worker computes its windows' features on its CPU core. A device
-    (``"cuda"``; ``"cpu"`` works too): workers only decode, and the parent computes the features
-    of all windows of one length in batches on that device.
+    By default each worker computes its windows' features on its CPU core. ``decode_only``: workers
+    only decode (:func:`decode_feature_windows`), and the features of all windows of one length are
+    computed later in batches on ``device`` (``"cuda"``; ``"cpu"`` works too).
     """
 
     sr = SAMPLE_RATE
@@ -69,11 +69,12 @@ class _FeatureJob:
     cache_class = JsonCache
     params = {"v": FEATURES_VERSION, "sr": SAMPLE_RATE, "n_fft": N_FFT, "hop": HOP_LENGTH}
 
-    def __init__(self, device: str | None = None) -> None:
+    def __init__(self, device: str | None = None, decode_only: bool = False) -> None:
         self.device = device
+        self.decode_only = decode_only
 
     def compute(self, y: np.ndarray, sr: int) -> dict[str, float] | _DecodedWindow:
-        return _DecodedWindow(y) if self.device else gtzan_features_torch(y, sr)
+        return _DecodedWindow(y) if self.decode_only else gtzan_features_torch(y, sr)
 
 
 class _MelJob:
@@ -273,7 +274,8 @@ def _map_on_workers(n_jobs: int, jobs: list[tuple], bar: dict[str, Any], retries
     return _map_on_workers(n_jobs, jobs, bar, retries - 1)
 
 
-def _run(items: pd.DataFrame, job, cache_dir, n_jobs: int, progress: bool) -> tuple[list[int], list[Outcome], pd.DataFrame]:
+def _outcomes(items: pd.DataFrame, job, cache_dir, n_jobs: int, progress: bool) -> dict[int, Outcome]:
+    """Each row's outcome: its value (or, for a deferred feature job, its decoded window) and flag, or an error."""
     segments = items["segment"] if "segment" in items.columns else pd.Series(-1, index=items.index)
     by_file: dict[str, list[int]] = {}
     for row, path in enumerate(items["audio_path"].astype(str)):
@@ -288,8 +290,11 @@ def _run(items: pd.DataFrame, job, cache_dir, n_jobs: int, progress: bool) -> tu
     outcomes: dict[int, Outcome] = {}
     for rows, results in zip(by_file.values(), per_file):
         outcomes.update(zip(rows, results))
-    if isinstance(job, _FeatureJob) and job.device:
-        _compute_decoded_windows(outcomes, job, cache_dir)
+    return outcomes
+
+
+def _collect(items: pd.DataFrame, outcomes: dict[int, Outcome]) -> tuple[list[int], list[Outcome], pd.DataFrame]:
+    """The rows that have a value (with it) and a problems table of the rest, in row order."""
     keep, values, problems = [], [], []
     for row in range(len(items)):
         value, note = outcomes[row]
@@ -302,9 +307,29 @@ def _run(items: pd.DataFrame, job, cache_dir, n_jobs: int, progress: bool) -> tu
     return keep, values, problems_frame(problems)
 
 
-#: Windows per batch on a feature device (a 30-s clip's spectra and masks: roughly 100 MB of GPU memory,
-#: counted from the array sizes, not measured on a GPU).
-DEVICE_BATCH = 32
+def _run(items: pd.DataFrame, job, cache_dir, n_jobs: int, progress: bool) -> tuple[list[int], list[Outcome], pd.DataFrame]:
+    return _collect(items, _outcomes(items, job, cache_dir, n_jobs, progress))
+
+
+#: Device memory one 30-s window's features hold at their peak (its spectra and masks; counted from the
+#: array sizes, not measured on a GPU), and the fewest and most windows of one batch on a GPU.
+WINDOW_BYTES, GPU_BATCH_RANGE = 100 * 2**20, (8, 256)
+#: Windows per batch on the CPU, where the batch size changes memory, not speed.
+CPU_BATCH = 32
+
+
+def windows_per_batch(free_bytes: int, window_samples: int) -> int:
+    """Windows of ``window_samples`` samples that half of ``free_bytes`` of device memory holds, within
+    :data:`GPU_BATCH_RANGE`: a GPU is kept busy by large batches (64–256 clips) where memory allows."""
+    per_window = WINDOW_BYTES * window_samples / (30 * SAMPLE_RATE)
+    return int(np.clip(free_bytes // 2 // per_window, *GPU_BATCH_RANGE))
+
+
+def _device_batch(device: str, window_samples: int) -> int:
+    if torch.device(device).type != "cuda":
+        return CPU_BATCH
+    free_bytes, _ = torch.cuda.mem_get_info(torch.device(device))
+    return windows_per_batch(free_bytes, window_samples)
 
 
 def _compute_decoded_windows(outcomes: dict[int, Outcome], job: _FeatureJob, cache_dir: str | Path | None) -> None:
@@ -316,9 +341,10 @@ def _compute_decoded_windows(outcomes: dict[int, Outcome], job: _FeatureJob, cac
     for row, (value, _) in outcomes.items():
         if isinstance(value, _DecodedWindow):
             by_length.setdefault(len(value.y), []).append(row)
-    for rows in by_length.values():
-        for start in range(0, len(rows), DEVICE_BATCH):
-            chunk = rows[start:start + DEVICE_BATCH]
+    for length, rows in by_length.items():
+        batch_size = _device_batch(job.device, length)
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start:start + batch_size]
             batch = torch.from_numpy(np.stack([outcomes[row][0].y for row in chunk])).to(job.device)
             try:
                 values = module(batch).cpu().numpy()
@@ -340,15 +366,49 @@ def extract_features(items: pd.DataFrame, cache_dir: str | Path | None = None, n
     Items whose audio is missing, unreadable, corrupt or silent are left out and listed in
     ``problems`` with the reason; windows padded to length keep their row and get a ``flag``.
     ``device`` (e.g. ``"cuda"``): the ``n_jobs`` workers decode, the features are computed in
-    batches on that device (see :class:`_FeatureJob`); the values are the same either way.
+    batches on that device (:func:`decode_feature_windows`, then :meth:`DecodedFeatureWindows.extract`);
+    the values are the same either way.
     """
+    if device:
+        return decode_feature_windows(items, cache_dir, n_jobs, progress, min_seconds).extract(device)
     items = items.reset_index(drop=True)
-    keep, values, problems = _run(items, _with_minimum(_FeatureJob(device), min_seconds), cache_dir, n_jobs,
-                                  progress)
+    keep, values, problems = _run(items, _with_minimum(_FeatureJob(), min_seconds), cache_dir, n_jobs, progress)
+    return _feature_table(items, keep, values, problems)
+
+
+def _feature_table(items: pd.DataFrame, keep: list[int], values: list[Outcome], problems: pd.DataFrame) -> LoadResult:
     table = items.loc[keep].drop(columns=[c for c in FEATURE_COLUMNS if c in items.columns]).reset_index(drop=True)
     rows = [{**features, "flag": flag} for features, flag in values]
     table = pd.concat([table, pd.DataFrame(rows, columns=[*FEATURE_COLUMNS, "flag"])], axis=1)
     return LoadResult(table, problems)
+
+
+@dataclass
+class DecodedFeatureWindows:
+    """Windows decoded (by CPU workers) whose GTZAN features are still to be computed, on a device of the
+    holder's choosing: what a Ray CPU task hands a GPU actor. Picklable; windows already in the cache,
+    and windows that failed, carry their value or error."""
+
+    items: pd.DataFrame
+    outcomes: dict[int, Outcome]
+    cache_dir: str | None
+    min_seconds: float
+
+    def extract(self, device: str) -> LoadResult:
+        """:func:`extract_features`' result, the features of the decoded windows computed in batches on ``device``."""
+        job = _with_minimum(_FeatureJob(device), self.min_seconds)
+        _compute_decoded_windows(self.outcomes, job, self.cache_dir)
+        return _feature_table(self.items, *_collect(self.items, self.outcomes))
+
+
+def decode_feature_windows(items: pd.DataFrame, cache_dir: str | Path | None = None, n_jobs: int = 1,
+                           progress: bool = True, min_seconds: float = 0.0) -> DecodedFeatureWindows:
+    """The first half of :func:`extract_features` on a device: each window decoded (``n_jobs`` workers) or read
+    from the cache, nothing computed yet."""
+    items = items.reset_index(drop=True)
+    job = _with_minimum(_FeatureJob(decode_only=True), min_seconds)
+    return DecodedFeatureWindows(items, _outcomes(items, job, cache_dir, n_jobs, progress),
+                                 str(cache_dir) if cache_dir else None, float(min_seconds))
 
 
 def extract_log_mels(items: pd.DataFrame, cache_dir: str | Path | None = None, n_jobs: int = 1,

@@ -17,7 +17,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from audio.extract import MEL_FRAMES, extract_features, extract_log_mels, extract_musicnn
+from audio.extract import (MEL_FRAMES, DecodedFeatureWindows, decode_feature_windows, extract_features, extract_log_mels,
+                           extract_musicnn)
 from audio.mel import MelParams
 from audio.models import build_audio_model
 from data.gtzan import FEATURE_COLUMNS, segment_items
@@ -85,27 +86,41 @@ def needs_audio_files(kinds: tuple[str, ...], items: pd.DataFrame, features: lis
     return bool({"mel", *MUSICNN_INPUTS} & set(kinds)) or ("features" in kinds and not set(features) <= set(items.columns))
 
 
+def _computes_features(kinds: tuple[str, ...], items: pd.DataFrame, features: list[str]) -> bool:
+    """Whether the GTZAN features a model reads are computed from the audio (the table lacks them)."""
+    if "features" not in kinds or set(features) <= set(items.columns):
+        return False
+    if not set(features) <= set(FEATURE_COLUMNS):
+        missing = sorted(set(features) - set(items.columns))
+        raise ValueError(f"the audio model reads the table columns {features}; the table lacks {missing}")
+    return True
+
+
 def audio_inputs(items: pd.DataFrame, kinds: tuple[str, ...], cache_dir: str | Path | None, n_jobs: int = 1,
                  progress: bool = True, mel: MelParams = MelParams(), mel_frames: int = MEL_FRAMES,
                  features: list[str] | None = None, musicnn: list[str] | None = None,
-                 min_seconds: float = 0.0, feature_device: str | None = None) -> AudioInputs:
+                 min_seconds: float = 0.0, feature_device: str | None = None,
+                 decoded: DecodedFeatureWindows | None = None) -> AudioInputs:
     """Features and/or log-mels of each window.
 
     ``features`` (default: the 57 GTZAN features) are read from the item table when it has those
     columns (a feature table, a catalogue's descriptors), else computed from the audio when they
     are GTZAN features (all 57 or some; computed in batches on ``feature_device`` when given, see
-    :func:`audio.extract.extract_features`). Windows whose audio fails, or whose feature cells are empty or not numbers, are
-    dropped and listed in ``problems``.
+    :func:`audio.extract.extract_features`; from ``decoded``, these windows already decoded by
+    :func:`decode_clip_features`, when given). Windows whose audio fails, or whose feature cells are
+    empty or not numbers, are dropped and listed in ``problems``.
     """
     items = items.reset_index(drop=True)
     features = list(features or FEATURE_COLUMNS)
     problems = []
-    if "features" in kinds and not set(features) <= set(items.columns):
-        missing = sorted(set(features) - set(items.columns))
-        if not set(features) <= set(FEATURE_COLUMNS):
-            raise ValueError(f"the audio model reads the table columns {features}; the table lacks {missing}")
-        extracted = extract_features(items, cache_dir=cache_dir, n_jobs=n_jobs, progress=progress,
-                                     min_seconds=min_seconds, device=feature_device)
+    if _computes_features(kinds, items, features):
+        if decoded is not None:
+            if decoded.items["item_id"].tolist() != items["item_id"].tolist():
+                raise ValueError("the decoded windows are not these items' windows")
+            extracted = decoded.extract(feature_device or "cpu")
+        else:
+            extracted = extract_features(items, cache_dir=cache_dir, n_jobs=n_jobs, progress=progress,
+                                         min_seconds=min_seconds, device=feature_device)
         items, problems = extracted.items, [extracted.problems]
     if "features" in kinds:
         values = items[features].apply(pd.to_numeric, errors="coerce")
@@ -195,18 +210,34 @@ class ClipInputs:
 
 
 def clip_inputs(spec: dict[str, Any], clips: pd.DataFrame, cache_dir: str | Path | None = None, n_jobs: int = 1,
-                progress: bool = False, feature_device: str | None = None) -> ClipInputs:
+                progress: bool = False, feature_device: str | None = None,
+                decoded: DecodedFeatureWindows | None = None) -> ClipInputs:
     """Clips (``item_id``, ``audio_path``) → the inputs a model of input record ``spec`` (:func:`input_spec`) reads.
 
     Needs no network weights (musicnn inputs excepted: they are musicnn's outputs), so it can run
-    apart from the model: in feature workers or other processes.
+    apart from the model: in feature workers or other processes. ``decoded``: the clips' windows as
+    :func:`decode_clip_features` left them, their features computed here on ``feature_device``.
     """
     windows = audio_windows(clips.assign(segment=-1), spec.get("segments"))
     inputs = audio_inputs(windows, tuple(spec["kinds"]), cache_dir, n_jobs=n_jobs, progress=progress,
                           mel=MelParams(**spec["mel"]), mel_frames=spec["mel_frames"], features=spec.get("features"),
                           musicnn=spec.get("musicnn"), min_seconds=spec.get("min_seconds", 0.0),
-                          feature_device=feature_device)
+                          feature_device=feature_device, decoded=decoded)
     return ClipInputs(windows, inputs)
+
+
+def decode_clip_features(spec: dict[str, Any], clips: pd.DataFrame, cache_dir: str | Path | None = None,
+                         n_jobs: int = 1) -> DecodedFeatureWindows | None:
+    """The first half of :func:`clip_inputs` for a model that reads GTZAN features computed from the audio
+    (and nothing else): the windows decoded, their features left for a device (a GPU actor). ``None`` for
+    any other model, whose inputs :func:`clip_inputs` computes whole."""
+    if tuple(spec["kinds"]) != ("features",):
+        return None
+    windows = audio_windows(clips.assign(segment=-1), spec.get("segments"))
+    if not _computes_features(("features",), windows, list(spec.get("features") or FEATURE_COLUMNS)):
+        return None
+    return decode_feature_windows(windows, cache_dir, n_jobs, progress=False,
+                                  min_seconds=spec.get("min_seconds", 0.0))
 
 
 def predict_clips(model: AudioModel, prepared: ClipInputs,

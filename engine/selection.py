@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 
 from engine.io import update_json
 from engine.predictions import probabilities, read_predictions
@@ -91,9 +91,8 @@ def train_with_selection(cfg: DictConfig, branch_key: str, run_dir: Path,
     ``check(config)`` is run on every candidate before the first trains, so a wrong candidate fails at once.
     """
     configs = candidate_configs(cfg, branch_key)
-    for candidate in configs.values():
-        if check is not None:
-            check(candidate)
+    for candidate in configs.values() if check is not None else ():
+        check(candidate)
     by = cfg[branch_key].select.get("by", SELECT_BY[0])
     scores: dict[str, dict[str, Any]] = {}
     for name, candidate in configs.items():

@@ -2,7 +2,8 @@
 
 The driver plans the job (table read, ids resolved, rows already written left out) and hands the
 rows to Ray as blocks of ``batch_size``. CPU tasks run :func:`scoring.tracks.prepare_batch` on each
-block (downloads, cover decoding, audio features); an actor pool runs
+block (downloads, cover decoding, audio decoding and features; on a GPU cluster the GTZAN features
+are left to the actors, which compute them on their GPU in batches); an actor pool runs
 :func:`scoring.tracks.output_rows` (each actor loads the model folder once; one GPU per actor where
 the cluster has GPUs); the driver writes each scored block as it arrives, so an interrupted run
 resumes after the blocks already written. The numbers are the local scorer's: the same two
@@ -33,9 +34,10 @@ log = logging.getLogger(__name__)
 
 
 def _prepare_block(block: pd.DataFrame, spec: ScoringInputs, cache_dir: str | None,
-                   download_dir: str, download: RetryPolicy | None) -> pd.DataFrame:
+                   download_dir: str, download: RetryPolicy | None, defer_features: bool) -> pd.DataFrame:
     # One block in, one row out: the prepared batch travels to the actors as one object.
-    prepared = prepare_batch(spec, block, Downloader(Path(download_dir), download), cache_dir)
+    prepared = prepare_batch(spec, block, Downloader(Path(download_dir), download), cache_dir,
+                             defer_features=defer_features)
     return pd.DataFrame({"prepared": [pickle.dumps(prepared, protocol=pickle.HIGHEST_PROTOCOL)]})
 
 
@@ -58,13 +60,15 @@ def score_table_ray(input_table: str | Path, model_dir: str | Path, output: str 
                     download_dir: str | Path | None = None, device: str = "auto", address: str | None = None,
                     num_cpus: int | None = None, actors: int = 1, gpus_per_actor: float | None = None,
                     actor_cpus: float = 0.5, progress: bool = True, also_csv: bool = False,
-                    download: RetryPolicy | None = None) -> dict[str, Any]:
+                    download: RetryPolicy | None = None, features_on_actors: bool | None = None) -> dict[str, Any]:
     """Score this shard's rows of ``input_table`` into ``output`` on Ray; the arguments shared with
     :func:`scoring.jobs.score_table` mean the same.
 
     ``actors`` model replicas score prepared batches; ``gpus_per_actor`` (``None``: 1 when the
     cluster has GPUs, else 0) and ``actor_cpus`` are what each reserves, the rest of the CPUs
-    preparing batches. Returns the job's summary, with the cluster's resources.
+    preparing batches. ``features_on_actors`` (``None``: when the actors have GPUs): the CPU tasks
+    only decode the audio of a model that reads GTZAN features, and the actors compute the
+    features on their device before the models. Returns the job's summary, with the cluster's resources.
     """
     import ray
     import ray.data
@@ -74,6 +78,8 @@ def score_table_ray(input_table: str | Path, model_dir: str | Path, output: str 
     try:
         if actors < 1:
             raise ValueError(f"ray.actors must be >= 1, got {actors}")
+        if features_on_actors is not None and not isinstance(features_on_actors, bool):
+            raise ValueError(f"ray.features_on_actors must be true, false or null, got {features_on_actors!r}")
         start = time.perf_counter()
         statuses: list[str] = []
         batches = job.batches(batch_size)
@@ -96,13 +102,15 @@ def score_table_ray(input_table: str | Path, model_dir: str | Path, output: str 
                                  f"{resources.get('CPU', 0):g} CPUs to prepare batches; "
                                  "lower ray.actors or ray.actor_cpus")
             task_cpus = min(1.0, spare / max(1, int(resources.get("CPU", 0))))
+            on_actors = bool(gpus) if features_on_actors is None else bool(features_on_actors)
             # Columns as text, as the local engine reads them, so Arrow does not guess an id column's type.
             blocks = [block.astype({c: str for c in block.columns if c != "row"}) for block in batches]
             scored = (ray.data.from_pandas(blocks)
                       .map_batches(_prepare_block, batch_size=None, batch_format="pandas", num_cpus=task_cpus,
                                    fn_kwargs={"spec": scoring_inputs(job.scorer),
                                               "cache_dir": str(cache_dir) if cache_dir else None,
-                                              "download_dir": str(job.download_dir), "download": download})
+                                              "download_dir": str(job.download_dir), "download": download,
+                                              "defer_features": on_actors})
                       .map_batches(_ScoringActor, batch_size=1, batch_format="pandas",
                                    compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=gpus,
                                    num_cpus=actor_cpus,
@@ -120,7 +128,7 @@ def score_table_ray(input_table: str | Path, model_dir: str | Path, output: str 
         if batches:
             summary["ray"] = {"address": address or "local", "cpus": resources.get("CPU"),
                               "gpus": resources.get("GPU", 0), "actors": actors, "gpus_per_actor": gpus,
-                              "cpus_per_prepare_task": task_cpus}
+                              "cpus_per_prepare_task": task_cpus, "features_on_actors": on_actors}
         return summary
     finally:
         job.writer.release()

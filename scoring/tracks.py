@@ -24,10 +24,11 @@ import pandas as pd
 
 from acquire.http import Downloader
 from acquire.verify import verify_audio, verify_cover
-from audio.predict import AudioModel, ClipInputs, clip_inputs, load_audio_model, predict_clips
+from audio.extract import DecodedFeatureWindows
+from audio.predict import AudioModel, ClipInputs, clip_inputs, decode_clip_features, load_audio_model, predict_clips
 from covers.inputs import decode_covers
 from covers.predict import CoverModel, load_cover_model, predict_decoded_covers
-from engine.inference import BEST_CHECKPOINT, RESUME_CHECKPOINT, read_checkpoint, unfinished_training
+from engine.inference import BEST_CHECKPOINT, RESUME_CHECKPOINT, read_checkpoint, resolve_device, unfinished_training
 from engine.predictions import present, probability_columns, with_predictions
 from fusion.heads import FUSION_HEAD, FusionHead, fusion_inputs, load_fusion_head
 
@@ -158,15 +159,39 @@ class AudioBatch:
     errors: list[str]
     paths: list[str]
     clips: ClipInputs | None
+    #: Windows decoded but whose GTZAN features are still to compute (:func:`compute_deferred_features`).
+    decoded: DecodedFeatureWindows | None = None
+
+
+def _clip_table(paths: list[str]) -> pd.DataFrame:
+    """A batch's distinct usable audio files as clips named by their paths."""
+    _, wanted = _usable(paths)
+    unique = sorted({paths[i] for i in wanted})
+    return pd.DataFrame({"item_id": unique, "audio_path": unique})
 
 
 def prepare_audio(spec: dict[str, Any], paths: list[str], cache_dir: str | None, n_jobs: int = 1,
-                  feature_device: str | None = None) -> AudioBatch:
-    errors, wanted = _usable(paths)
-    unique = sorted({paths[i] for i in wanted})
-    clips = clip_inputs(spec, pd.DataFrame({"item_id": unique, "audio_path": unique}), cache_dir, n_jobs,
-                        feature_device=feature_device) if unique else None
-    return AudioBatch(errors, paths, clips)
+                  feature_device: str | None = None, defer_features: bool = False) -> AudioBatch:
+    """The audio inputs of a batch's files; ``defer_features``: a model reading GTZAN features gets its
+    windows decoded only, the features left for :func:`compute_deferred_features` (on a GPU actor)."""
+    errors, _ = _usable(paths)
+    clips = _clip_table(paths)
+    if clips.empty:
+        return AudioBatch(errors, paths, None)
+    decoded = decode_clip_features(spec, clips, cache_dir, n_jobs) if defer_features else None
+    if decoded is not None:
+        return AudioBatch(errors, paths, None, decoded)
+    return AudioBatch(errors, paths, clip_inputs(spec, clips, cache_dir, n_jobs, feature_device=feature_device))
+
+
+def compute_deferred_features(spec: dict[str, Any], audio: AudioBatch | None, device: str) -> AudioBatch | None:
+    """A batch prepared with ``defer_features``: its decoded windows' features computed on ``device`` (and
+    cached where the batch was to be), so the batch is as :func:`prepare_audio` would have made it."""
+    if audio is None or audio.decoded is None:
+        return audio
+    clips = clip_inputs(spec, _clip_table(audio.paths), audio.decoded.cache_dir, feature_device=device,
+                        decoded=audio.decoded)
+    return AudioBatch(audio.errors, audio.paths, clips)
 
 
 @dataclass
@@ -194,20 +219,21 @@ def prepare_batch_covers(spec: ScoringInputs, batch: PreparedBatch, cache_dir: s
 
 
 def prepare_batch_audio(spec: ScoringInputs, batch: PreparedBatch, cache_dir: str | None, n_jobs: int = 1,
-                        feature_device: str | None = None) -> PreparedBatch:
-    """Compute the batch's audio windows' inputs (when the model reads audio)."""
+                        feature_device: str | None = None, defer_features: bool = False) -> PreparedBatch:
+    """Compute the batch's audio windows' inputs (when the model reads audio); see :func:`prepare_audio`."""
     if spec.audio_spec:
         batch.audio = prepare_audio(spec.audio_spec, [a if not e else "" for _, a, e in batch.files], cache_dir,
-                                    n_jobs, feature_device)
+                                    n_jobs, feature_device, defer_features)
     return batch
 
 
 def prepare_batch(spec: ScoringInputs, rows: pd.DataFrame, downloader: Downloader, cache_dir: str | None,
-                  n_jobs: int = 1, feature_device: str | None = None) -> PreparedBatch:
+                  n_jobs: int = 1, feature_device: str | None = None, defer_features: bool = False) -> PreparedBatch:
     """Fetch the rows' files and compute what the models read (decoded covers, audio windows' inputs);
-    ``feature_device``: GTZAN features in batches there, the ``n_jobs`` workers only decoding."""
+    ``feature_device``: GTZAN features in batches there, the ``n_jobs`` workers only decoding;
+    ``defer_features``: GTZAN features left for :func:`output_rows` to compute on the models' device."""
     batch = prepare_batch_covers(spec, fetch_batch(spec, rows, downloader), cache_dir)
-    return prepare_batch_audio(spec, batch, cache_dir, n_jobs, feature_device)
+    return prepare_batch_audio(spec, batch, cache_dir, n_jobs, feature_device, defer_features)
 
 
 @dataclass
@@ -288,7 +314,11 @@ def output_columns(scorer: TrackScorer) -> list[str]:
 
 
 def output_rows(scorer: TrackScorer, prepared: PreparedBatch, device: str = "auto") -> pd.DataFrame:
-    """A prepared batch's output rows (same order): status, modalities, prediction, probabilities, errors."""
+    """A prepared batch's output rows (same order): status, modalities, prediction, probabilities, errors.
+    GTZAN features a batch left to compute (``defer_features``) are computed first, on ``device``."""
+    if prepared.audio is not None and prepared.audio.decoded is not None:
+        prepared.audio = compute_deferred_features(scorer.audio_model.spec, prepared.audio,
+                                                   str(resolve_device(device)))
     return scored_rows(scorer, prepared, score_inputs(scorer, prepared.covers, prepared.audio, len(prepared.rows),
                                                       device))
 

@@ -39,7 +39,8 @@ def main(cfg: DictConfig) -> None:
 
         summary = score_table_ray(cfg.input, cfg.model_dir, output, **common, address=cfg.ray.address,
                                   num_cpus=cfg.ray.num_cpus, actors=int(cfg.ray.actors),
-                                  gpus_per_actor=cfg.ray.gpus_per_actor, actor_cpus=float(cfg.ray.actor_cpus))
+                                  gpus_per_actor=cfg.ray.gpus_per_actor, actor_cpus=float(cfg.ray.actor_cpus),
+                                  features_on_actors=cfg.ray.features_on_actors)
     else:
         from scoring.jobs import score_table
 

@@ -113,8 +113,10 @@ def _assert_same_scores(scores: pd.DataFrame, expected: pd.DataFrame) -> None:
                                expected[probabilities].replace("", np.nan).astype(float), atol=1e-5)
 
 
-def _sequential_scores(table: Path, run_dir: Path, output: Path, catalogue: Path, batch_size: int) -> pd.DataFrame:
-    """The scorer one batch after another, as it was before the pipeline (and as the Ray engine runs it)."""
+def _sequential_scores(table: Path, run_dir: Path, output: Path, catalogue: Path, batch_size: int,
+                       defer_features: bool = False) -> pd.DataFrame:
+    """The scorer one batch after another, as it was before the pipeline (and as the Ray engine runs it);
+    ``defer_features``: as a Ray GPU actor gets its batches, the audio decoded and its features not computed."""
     from acquire.http import Downloader
     from scoring.jobs import plan_job
     from scoring.tracks import output_rows, prepare_batch, scoring_inputs
@@ -123,7 +125,12 @@ def _sequential_scores(table: Path, run_dir: Path, output: Path, catalogue: Path
     try:
         spec, downloader = scoring_inputs(job.scorer), Downloader(job.download_dir)
         for rows in job.batches(batch_size):
-            job.writer.write(output_rows(job.scorer, prepare_batch(spec, rows, downloader, None), "cpu"))
+            prepared = prepare_batch(spec, rows, downloader, None, defer_features=defer_features)
+            if defer_features and prepared.audio is not None and prepared.audio.decoded is not None:
+                assert prepared.audio.clips is None  # nothing computed before the models' device has it
+                decoded = prepared.audio.decoded.outcomes.values()
+                assert not any(isinstance(value, dict) for value, _ in decoded)  # no features yet
+            job.writer.write(output_rows(job.scorer, prepared, "cpu"))
         job.finish([], 1.0)
     finally:
         job.writer.release()
@@ -146,6 +153,33 @@ def test_pipelined_scores_equal_the_batch_by_batch_scorer_row_for_row(main_job_r
     assert set(summary["stage_busy_share"]) == {"fetch", "decode covers", "audio features", "cover network",
                                                 "audio model", "fusion", "write"}
     assert summary["batch_size"] == 4 and summary["steady_tracks_per_s"] > 0
+
+
+def test_features_left_to_the_models_device_score_as_the_local_scorer(main_job_run, covers_loaded, data_root,
+                                                                      cover_server, tmp_path):
+    """What a Ray GPU actor does (here on the CPU): the batch's audio only decoded by the preparing task, the
+    GTZAN features computed with the models; the same rows as the local scorer."""
+    from scoring.jobs import score_table
+
+    _, run_dir = main_job_run
+    table, catalogue, _ = track_table(tmp_path, covers_loaded, data_root, cover_server, rows=20)
+    deferred = _sequential_scores(table, run_dir, tmp_path / "deferred.csv", catalogue, batch_size=8,
+                                  defer_features=True)
+    score_table(table, run_dir, tmp_path / "local.csv", batch_size=8, catalogue=catalogue, device="cpu",
+                progress=False)
+    local = pd.read_csv(tmp_path / "local.csv", keep_default_na=False)
+    _assert_same_scores(deferred, local)
+    assert (local["modalities"].str.contains("audio")).sum() >= 5  # audio was scored, not only failed
+
+
+def test_a_gpu_feature_batch_is_sized_by_free_memory():
+    from audio.extract import GPU_BATCH_RANGE, windows_per_batch
+
+    clip = 30 * 22050
+    assert windows_per_batch(140 * 2**30, clip) == GPU_BATCH_RANGE[1]  # an idle H200: the most
+    assert windows_per_batch(2 * 2**30, clip) == 10  # 1,024 MiB of 2 GiB free, 100 MiB a clip
+    assert windows_per_batch(0, clip) == GPU_BATCH_RANGE[0]
+    assert windows_per_batch(2 * 2**30, clip // 10) == 102  # 3-s segments: 10 MiB each
 
 
 def test_a_killed_pipelined_run_resumes_with_no_row_written_twice(main_job_run, covers_loaded, data_root,

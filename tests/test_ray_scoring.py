@@ -72,12 +72,17 @@ def test_ray_scoring_killed_midway_resumes_and_equals_the_local_scorer(local_sco
     written = set(pd.concat([pd.read_parquet(p) for p in parts.glob("part-*.parquet")])["row"])
     assert 0 < len(written) < ROWS and not output.exists()
 
-    process = _score_ray(folder, table, catalogue, run_dir, shared_cache, output, "also_csv=true")
+    # Resumed with the GTZAN features left to the actor (what a GPU cluster does, here on the CPU), on a
+    # cache of its own, so the features are computed again there, not read from the local run's cache.
+    fresh_cache = folder / "actor-cache"
+    process = _score_ray(folder, table, catalogue, run_dir, fresh_cache, output, "also_csv=true",
+                         "ray.features_on_actors=true")
     stdout, stderr = process.communicate(timeout=600)
     assert process.returncode == 0, stderr[-4000:]
     summary = _summary(stdout)
     assert summary["already_done"] == len(written) and summary["written_now"] == ROWS - len(written)
-    assert summary["ray"]["cpus"] == 2
+    assert summary["ray"]["cpus"] == 2 and summary["ray"]["features_on_actors"] is True
+    assert list((fresh_cache / "gtzan_features").rglob("*.json"))
     _same_scores(pd.read_parquet(output), local)
     _same_scores(pd.read_csv(folder / "killed.csv", keep_default_na=False), local)
     assert not parts.exists()
