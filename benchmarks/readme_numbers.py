@@ -24,6 +24,11 @@ def _machine(result: dict) -> str:
     return f"{machine['cpu']}, {machine['cpu_cores']} cores{gpu}; commit {machine['git_commit']}"
 
 
+def _note(result: dict) -> list[str]:
+    """A result file's note (what to compare it with), as a paragraph after its table."""
+    return ["", result["note"], ""] if result.get("note") else [""]
+
+
 def render() -> str:
     """The markdown block for the README: one table per benchmark whose result file exists."""
     lines = [START, ""]
@@ -45,7 +50,7 @@ def render() -> str:
             agreement["torch_cuda"] = cuda["agreement_with_one_stft_reference"]
         lines += ["", "Largest relative difference from the one-STFT reference, tempo aside (tempos differing): "
                   + "; ".join(f"{path.replace('_', ' ')} {a['max_relative_difference']:.1e} ({a['tempos_differing']})"
-                              for path, a in agreement.items()) + ".", ""]
+                              for path, a in agreement.items()) + ".", *_note(features)]
     for name in ("score_throughput.json", "score_throughput_paired.json", "score_throughput_cuda.json",
                  "score_throughput_cuda_paired.json"):
         if not (scoring := _load(name)):
@@ -61,7 +66,7 @@ def render() -> str:
                          f"| {run['steady_tracks_per_s']} | {run['tracks_per_s']} | "
                          + ", ".join(f"{stage} {share:.0%}" for stage, share in busiest)
                          + f" | {run['output_rows']} |")
-        lines.append("")
+        lines += _note(scoring)
     if ray := _load("ray_scoring.json"):
         lines += [f"**Scoring engines, local and Ray** (`{ray['command']}`; {ray['n_rows']} rows; {_machine(ray)}):", "",
                   "| engine | tracks/s | output rows | hours per million tracks, one node |", "|---|---|---|---|"]

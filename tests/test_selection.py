@@ -150,3 +150,31 @@ def test_a_run_lists_every_choice_in_one_summary(selected_runs):
     rows = [line for line in summary.read_text().splitlines() if line.startswith("| audio |")]
     assert len(rows) == 1 and f"**{chosen}**" in rows[0]  # the candidates' own folders are not listed
     assert write_selection_summary(run_dir / "candidates" / chosen) is None
+
+
+def test_the_cover_head_is_chosen_on_validation_between_the_head_and_the_logistic_probe(tmp_path, discogs_covers_csv):
+    """covers=frozen_select (the main job's image branch) on 60 Discogs covers: the kept head is the candidate
+    with the lower validation log-loss, and the cover model a scorer loads is that head."""
+    import torch
+
+    from covers.predict import load_cover_model
+    from covers.train import train_covers
+    from engine.inference import load_checkpoint
+
+    csv = discogs_covers_csv(tmp_path / "covers.csv", 20)
+    cfg = compose_config([f"paths.root_dir={tmp_path}", "trainer.progress=false", "covers=frozen_select",
+                          f"covers.data.loader.csv_path={csv}", "covers.data.name=small", "split=random",
+                          "trainer.max_epochs=5"])
+    run_dir = tmp_path / "covers"
+    train_covers(cfg, run_dir)
+    selection = json.loads((run_dir / "metrics.json").read_text())["selection"]
+    scores = {name: validation_scores(run_dir / "candidates" / name / "predictions.csv")["val_log_loss"]
+              for name in ("head", "probe")}
+    assert selection["chosen"] == min(scores, key=scores.get) and scores["head"] != scores["probe"]
+    probe_card = json.loads((run_dir / "candidates" / "probe" / "model_card.json").read_text())
+    assert probe_card["trainer"]["optimizer"] == "lbfgs"  # the probe was trained as its recipe says
+    model, _ = load_cover_model(run_dir / "checkpoint.pt")
+    head = model.network.head.state_dict()
+    for name in ("head", "probe"):
+        saved = load_checkpoint(run_dir / "candidates" / name / "checkpoint.pt")["model_state"]
+        assert all(torch.equal(saved[k], head[k]) for k in saved) == (name == selection["chosen"]), name
