@@ -396,8 +396,7 @@ class DecodedFeatureWindows:
 
     def extract(self, device: str) -> LoadResult:
         """:func:`extract_features`' result, the features of the decoded windows computed in batches on ``device``."""
-        job = _with_minimum(_FeatureJob(device), self.min_seconds)
-        _compute_decoded_windows(self.outcomes, job, self.cache_dir)
+        _compute_decoded_windows(self.outcomes, _FeatureJob(device), self.cache_dir)
         return _feature_table(self.items, *_collect(self.items, self.outcomes))
 
 

@@ -184,10 +184,11 @@ def prepare_audio(spec: dict[str, Any], paths: list[str], cache_dir: str | None,
     return AudioBatch(errors, paths, clip_inputs(spec, clips, cache_dir, n_jobs, feature_device=feature_device))
 
 
-def compute_deferred_features(spec: dict[str, Any], audio: AudioBatch | None, device: str) -> AudioBatch | None:
+def compute_deferred_features(spec: dict[str, Any], audio: AudioBatch, device: str) -> AudioBatch:
     """A batch prepared with ``defer_features``: its decoded windows' features computed on ``device`` (and
-    cached where the batch was to be), so the batch is as :func:`prepare_audio` would have made it."""
-    if audio is None or audio.decoded is None:
+    cached where the batch was to be), so the batch is as :func:`prepare_audio` would have made it; any
+    other batch as it is."""
+    if audio.decoded is None:
         return audio
     clips = clip_inputs(spec, _clip_table(audio.paths), audio.decoded.cache_dir, feature_device=device,
                         decoded=audio.decoded)
@@ -316,7 +317,7 @@ def output_columns(scorer: TrackScorer) -> list[str]:
 def output_rows(scorer: TrackScorer, prepared: PreparedBatch, device: str = "auto") -> pd.DataFrame:
     """A prepared batch's output rows (same order): status, modalities, prediction, probabilities, errors.
     GTZAN features a batch left to compute (``defer_features``) are computed first, on ``device``."""
-    if prepared.audio is not None and prepared.audio.decoded is not None:
+    if prepared.audio is not None:
         prepared.audio = compute_deferred_features(scorer.audio_model.spec, prepared.audio,
                                                    str(resolve_device(device)))
     return scored_rows(scorer, prepared, score_inputs(scorer, prepared.covers, prepared.audio, len(prepared.rows),
