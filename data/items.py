@@ -54,43 +54,57 @@ def finish_table(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[ITEM_COLUMNS + extra].reset_index(drop=True)
 
 
-def read_delimited(
-    path: Path, delimiter: str = ",", quoting: int = csv.QUOTE_MINIMAL
-) -> tuple[list[str], list[list[str]], list[dict]]:
-    """Read a delimited UTF-8 text file (a spreadsheet's byte-order mark is fine), keeping rows whose
-    field count matches the header.
+#: The error of a record with no cells but blanks.
+EMPTY_ROW = "empty row"
 
-    Returns ``(header, rows, problems)``; each problem names the file and line of a row that
-    was dropped because its column count (or quoting) is off. A file in another encoding, or a
-    header naming a column twice, is a :class:`ValueError` saying so.
+
+def delimited_records(path: str | os.PathLike, delimiter: str = ",", quoting: int = csv.QUOTE_MINIMAL
+                      ) -> tuple[list[str], list[tuple[int, list[str], str]]]:
+    """The header of a delimited UTF-8 text file (a spreadsheet's byte-order mark is fine) and every record
+    after it, as ``(line number, fields, error)``: ``error`` is empty for a record with the header's field
+    count, else :data:`EMPTY_ROW` or ``"malformed row: …"``.
+
+    The one reader of delimited tables: item tables drop the records in error
+    (:func:`read_delimited`), a track table to score keeps each as a row of its own. A missing or
+    empty file, a file in another encoding, or a header naming a column twice is an error saying so.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Table not found: {path}")
-    problems: list[dict] = []
-    rows: list[list[str]] = []
+    records: list[tuple[int, list[str], str]] = []
     try:
         with path.open(newline="", encoding="utf-8-sig") as handle:
             reader = csv.reader(handle, delimiter=delimiter, quoting=quoting)
-            try:
-                header = [name.strip() for name in next(reader)]
-            except StopIteration:
-                raise ValueError(f"{path} is empty: expected a header row") from None
+            header = [name.strip() for name in next(reader, [])]
+            if not header:
+                raise ValueError(f"{path} is empty: expected a header row")
             check_header(header, path)
-            for row in reader:
-                if not row or all(not cell.strip() for cell in row):
-                    continue
-                if len(row) != len(header):
-                    problems.append({
-                        "where": f"{path.name}:{reader.line_num}",
-                        "item_id": "",
-                        "reason": f"malformed row: {len(row)} fields, expected {len(header)}",
-                    })
-                    continue
-                rows.append(row)
+            for record in reader:
+                if not record or all(not cell.strip() for cell in record):
+                    error = EMPTY_ROW
+                elif len(record) != len(header):
+                    error = f"malformed row: {len(record)} fields, expected {len(header)}"
+                else:
+                    error = ""
+                records.append((reader.line_num, record, error))
     except UnicodeDecodeError as error:
         raise ValueError(f"{path} is not UTF-8 text ({error.reason} at byte {error.start}): save it as UTF-8 "
-                         "(\"CSV UTF-8\" in a spreadsheet) and load it again") from None
+                         "(\"CSV UTF-8\" in a spreadsheet) and try again") from None
+    return header, records
+
+
+def read_delimited(
+    path: Path, delimiter: str = ",", quoting: int = csv.QUOTE_MINIMAL
+) -> tuple[list[str], list[list[str]], list[dict]]:
+    """Read a delimited table (:func:`delimited_records`), keeping rows whose field count matches the header.
+
+    Returns ``(header, rows, problems)``; empty records are skipped, and each problem names the file
+    and line of a row that was dropped because its column count (or quoting) is off.
+    """
+    header, records = delimited_records(path, delimiter, quoting)
+    rows = [fields for _, fields, error in records if not error]
+    problems = [{"where": f"{Path(path).name}:{line}", "item_id": "", "reason": error}
+                for line, _, error in records if error and error != EMPTY_ROW]
     return header, rows, problems
 
 

@@ -10,7 +10,6 @@ output at a time (``<output>.lock``): a second one started on it is refused unti
 """
 from __future__ import annotations
 
-import csv
 import fcntl
 import json
 import logging
@@ -23,10 +22,10 @@ from typing import IO, Any
 import numpy as np
 import pandas as pd
 
-from data.items import check_header, is_parquet, read_parquet_text
+from data.items import EMPTY_ROW, check_header, delimited_records, is_parquet, read_parquet_text
+from data.paired import ID_COLUMNS
 from engine.io import atomic_path, write_json
 
-ID_COLUMNS = ("track_id", "item_id")
 SOURCE_COLUMNS = ("cover_path", "cover_url", "audio_path", "audio_url")
 #: What the scorer adds to every record: its number and why it cannot be scored. A track table's own
 #: columns of these names (a scores table scored again) are left out, as any column the scorer does not read.
@@ -47,30 +46,15 @@ def parse_shard(shard: str) -> tuple[int, int]:
 
 
 def _csv_records(path: Path) -> tuple[list[str], list[dict[str, str]]]:
-    # utf-8-sig: spreadsheet programs start a CSV with a byte-order mark, which would otherwise stick to
-    # the first column's name and hide it (every track id lost).
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.reader(handle)
-            header = [h.strip() for h in next(reader, [])]
-            if not header:
-                raise ValueError(f"{path} is empty: expected a header row")
-            records = []
-            read = [(i, name) for i, name in enumerate(header) if name not in ROW_COLUMNS]
-            for record in reader:
-                row = {name: "" for _, name in read}
-                if not record or all(not cell.strip() for cell in record):
-                    row["row_error"] = "empty row"
-                elif len(record) != len(header):
-                    row["row_error"] = f"malformed row: {len(record)} fields, expected {len(header)}"
-                else:
-                    row.update({name: record[i].strip() for i, name in read})
-                    row["row_error"] = ""
-                records.append(row)
-    except UnicodeDecodeError as error:
-        raise ValueError(f"{path} is not UTF-8 text ({error.reason} at byte {error.start}): "
-                         "save it as UTF-8 CSV and score it again") from None
-    return header, records
+    """Every record of a CSV track table as a row of text cells (stripped) with its ``row_error``."""
+    header, records = delimited_records(path)
+    read = [(i, name) for i, name in enumerate(header) if name not in ROW_COLUMNS]
+    rows = []
+    for _, fields, error in records:
+        row = {name: "" if error else fields[i].strip() for i, name in read}
+        row["row_error"] = error
+        rows.append(row)
+    return header, rows
 
 
 def _parquet_table(path: Path) -> tuple[list[str], pd.DataFrame]:
@@ -78,7 +62,7 @@ def _parquet_table(path: Path) -> tuple[list[str], pd.DataFrame]:
     frame = frame.drop(columns=[name for name in ROW_COLUMNS if name in header])
     frame = frame.apply(lambda column: column.str.strip())  # as the CSV reader strips its cells
     blank = (frame == "").all(axis=1) if header else pd.Series(True, index=frame.index)
-    frame["row_error"] = np.where(blank, "empty row", "")
+    frame["row_error"] = np.where(blank, EMPTY_ROW, "")
     return header, frame
 
 
@@ -133,7 +117,7 @@ def resolve_ids(table: pd.DataFrame, catalogue: str | Path | None) -> pd.DataFra
     ids = table["track_id"].where(table["track_id"] != "", table["item_id"])
     no_source = (table[list(SOURCE_COLUMNS)] == "").all(axis=1) & (table["row_error"] == "")
     found = ids.map(known)
-    table.loc[no_source & (ids == ""), "row_error"] = "empty row"
+    table.loc[no_source & (ids == ""), "row_error"] = EMPTY_ROW
     unknown = no_source & (ids != "") & found.isna()
     suffix = "" if known else " (no catalogue given)"
     table.loc[unknown, "row_error"] = [f"unknown id {ident!r}{suffix}" for ident in ids[unknown]]

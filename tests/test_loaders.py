@@ -141,3 +141,21 @@ def test_a_parquet_column_without_a_text_form_is_a_clear_error(tmp_path):
     (tmp_path / "broken.parquet").write_bytes(b"PAR1 not really")
     with pytest.raises(ValueError, match="broken.parquet is not a readable Parquet file"):
         load_paired_catalogue(tmp_path / "broken.parquet")
+
+
+def test_one_reader_drops_bad_records_for_item_tables_and_keeps_them_for_track_tables(tmp_path):
+    """The same file read by both modes of the one delimited reader: the same records in error, the same reasons."""
+    from data.items import delimited_records, read_delimited
+    from scoring.tables import read_track_table
+
+    path = tmp_path / "table.csv"
+    path.write_bytes("\ufefftrack_id,audio_path\nt1,a.ogg\n,\nt3,b.ogg,extra\nt4,c.ogg\n".encode("utf-8"))
+    header, records = delimited_records(path)
+    assert header == ["track_id", "audio_path"]  # the byte-order mark is not part of the first name
+    assert [error for _, _, error in records] == ["", "empty row", "malformed row: 3 fields, expected 2", ""]
+    _, rows, problems = read_delimited(path)
+    assert rows == [["t1", "a.ogg"], ["t4", "c.ogg"]]
+    assert problems == [{"where": "table.csv:4", "item_id": "", "reason": "malformed row: 3 fields, expected 2"}]
+    table, _ = read_track_table(path)
+    assert table["row"].tolist() == [0, 1, 2, 3]
+    assert table["row_error"].tolist() == [error for _, _, error in records]
