@@ -1,4 +1,4 @@
-"""One registry of cover backbones behind one interface: ``features(x) → (batch, embed_dim)``, ``head``.
+"""One registry of cover backbones behind one interface: ``embed(x) → (batch, embed_dim)``, ``head``.
 
 ``create_model(name, n_classes, pretrained=…)`` builds any of them with the paper's new head
 (dropout 0.5 + linear). Each backbone carries its input size and normalisation.
@@ -100,8 +100,9 @@ class CoverClassifier(nn.Module):
         self.backbone, self.info, self.head = backbone, info, head
         self.pixels = PixelNormaliser(info)
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Pooled backbone features ``(batch, embed_dim)`` of raw pixels ``uint8 (batch, 3, size, size)``."""
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled backbone features ``(batch, embed_dim)`` of raw pixels ``uint8 (batch, 3, size, size)``: the
+        penultimate representation, named as every branch's model names it."""
         return self.backbone(self.pixels(x))
 
     def layer_groups(self) -> list[list[nn.Parameter]]:
@@ -109,7 +110,7 @@ class CoverClassifier(nn.Module):
         return [*self.backbone.layer_groups(), list(self.head.parameters())]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
+        return self.head(self.embed(x))
 
 
 def _load_state(path: str | Path) -> dict:

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_backbone_forward_backward(name, pretrained, size):
     model = create_model(name, n_classes=3, pretrained=pretrained)
     pixels = torch.randint(0, 256, (2, 3, size, size), dtype=torch.uint8)
-    features = model.features(pixels)
+    features = model.embed(pixels)
     assert features.shape == (2, model.info.embed_dim)
     logits = model(pixels)
     assert logits.shape == (2, 3)
