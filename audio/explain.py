@@ -11,7 +11,7 @@ from audio.predict import (
     load_audio_model,
     predict_audio_inputs,
 )
-from engine.config import run_items
+from data.config import run_items
 from engine.inference import BEST_CHECKPOINT
 from engine.inspection import (
     embedding_map,

@@ -20,12 +20,13 @@ from audio.feature_mlp import FeatureMLP, log_columns
 from audio.models import HybridNet, build_audio_model, feature_columns, model_kind
 from audio.predict import (AudioInputs, AudioModel, audio_inputs, audio_windows, input_spec, needs_audio_files,
                            predict_audio_inputs)
+from data.config import prepare_from_config
 from data.items import missing_modality
 from data.prepare import PreparedData
-from engine.config import prepare_from_config, trainer_config
 from engine.report import add_to_metrics, paired_accuracy_difference
 from engine.run import fit_estimator_and_report, held_out, report_fixed_model, train_and_report
 from engine.selection import train_with_selection
+from engine.settings import trainer_config
 from engine.trainer import seed_everything
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ from covers.backbones import CoverClassifier
 from covers.images import load_cover
 from covers.inputs import pixels_first
 from covers.predict import cover_embeddings, cover_inputs, load_cover_model, predict_cover_inputs
-from engine.config import run_items
+from data.config import run_items
 from engine.inference import BEST_CHECKPOINT
 from engine.inspection import embedding_map, export_embeddings, plot_map, read_embeddings, top_losses
 

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from covers.backbones import create_backbone
 from covers.inputs import backbone_embeddings
 from covers.train import train_covers
-from engine.config import compose_config, prepare_from_config
+from data.config import compose_config, prepare_from_config
 from engine.inference import RESUME_CHECKPOINT
 from engine.run import fit_estimator_and_report
 

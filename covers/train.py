@@ -25,13 +25,14 @@ from covers.augment import build_class_augment
 from covers.backbones import BackboneInfo, CoverClassifier, MapsBackbone, classifier_head, create_backbone, create_model
 from covers.inputs import backbone_embeddings, decode_covers, random_forest_features
 from covers.predict import TORCH_MODES, CoverImages, CoverModel, predict_cover_inputs
+from data.config import prepare_from_config
 from data.items import LoadResult, missing_modality
 from data.prepare import PreparedData
-from engine.config import prepare_from_config, trainer_config
 from engine.predictions import read_predictions
 from engine.registry import Registry
 from engine.run import fit_estimator_and_report, held_out, train_and_report
 from engine.selection import train_with_selection
+from engine.settings import trainer_config
 from engine.trainer import TrainerConfig, seed_everything
 
 log = logging.getLogger(__name__)

@@ -37,7 +37,7 @@ class LabelSet:
 
 
 #: The one definition of the named label sets; Hydra's ``labels=<name>`` group is generated from it
-#: (:func:`engine.config.register_configs`). The reference paper's sets (rap, country, pop / + jazz
+#: (:func:`data.config.register_configs`). The reference paper's sets (rap, country, pop / + jazz
 #: / + rock), GTZAN's three genres with all their audio here, GTZAN's ten, and the sets of the two
 #: real pairings here.
 LABEL_SETS: dict[str, LabelSet] = {s.name: s for s in (

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
-from engine.config import checked_dataclass
+from engine.settings import checked_dataclass
 from engine.predictions import probability_columns, read_predictions, write_predictions
 from fusion.calibration import TemperatureScaling
 from fusion.compare import PAIRS_FILE, compare_modalities

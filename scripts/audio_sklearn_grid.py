@@ -33,7 +33,7 @@ from audio.feature_mlp import FeatureMLP
 from audio.models import build_audio_model, model_kind
 from audio.train import audio_branch_inputs, sklearn_on_model_inputs
 from engine.cli import report_user_errors
-from engine.config import compose_config
+from data.config import compose_config
 from engine.io import write_json
 from engine.report import paired_accuracy_difference
 from engine.run import all_class_proba, fit_estimator_and_report, machine_info

@@ -15,7 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from engine.cli import report_user_errors
-from engine.config import register_configs
+from data.config import register_configs
 
 register_configs()
 

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from engine.cli import report_user_errors
-from engine.config import register_configs
+from data.config import register_configs
 from engine.inference import BEST_CHECKPOINT, read_checkpoint
 
 

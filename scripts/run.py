@@ -20,7 +20,7 @@ from omegaconf import DictConfig, open_dict
 
 from engine import distributed
 from engine.cli import report_user_errors
-from engine.config import check_crossfit_possible, register_configs, split_spec
+from data.config import check_crossfit_possible, register_configs, split_spec
 from engine.selection import CANDIDATES_DIR, write_selection_summary
 
 register_configs()

@@ -108,7 +108,7 @@ def test_explain_writes_embeddings_map_top_losses_and_cams_for_both_branches(mai
     items, vectors = read_embeddings(tmp_path / "covers" / "embeddings.parquet")
     assert set(items["split"]) == {"train", "val", "test"} and vectors.shape == (len(items), 1280)
     # The exported vectors are the branch's own embeddings of the same covers (computed here afresh).
-    from engine.config import run_items
+    from data.config import run_items
     from engine.inference import read_checkpoint
 
     model, _ = load_cover_model(run_dir / "covers" / "checkpoint.pt")

@@ -79,7 +79,7 @@ def test_cross_fitting_inside_gtzans_artist_filtered_split_is_refused_before_any
     assert not list(tmp_path.rglob("*.csv"))  # refused before any split was made or branch trained
 
     # The inner folds themselves refuse too (a driver that sets inner_fold without scripts/run.py's check).
-    from engine.config import branch_split_spec, compose_config
+    from data.config import branch_split_spec, compose_config
 
     cfg = compose_config([f"paths.root_dir={tmp_path}", "fusion.fit_on=crossfit"])
     OmegaConf.set_struct(cfg, False)

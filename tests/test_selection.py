@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from engine.config import compose_config
+from data.config import compose_config
 from engine.predictions import probabilities, read_predictions, write_predictions
 from engine.selection import candidate_configs, choose, validation_scores
 

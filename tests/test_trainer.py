@@ -257,7 +257,7 @@ def test_bad_trainer_config(bad):
 def test_balanced_class_weights_from_config():
     from omegaconf import OmegaConf
 
-    from engine.config import trainer_config
+    from engine.settings import trainer_config
 
     cfg = OmegaConf.create({"trainer": {"lr": 0.1, "class_weights": None}})
     config = trainer_config(cfg, {"class_weights": "balanced"}, train_targets=[0, 0, 0, 1], n_classes=3)
@@ -322,7 +322,7 @@ def test_class_weights_change_the_loss_and_the_trained_model_without_label_smoot
     more of the rare class recalled; M4's precision weights reach the loss the same way."""
     from omegaconf import OmegaConf
 
-    from engine.config import trainer_config
+    from engine.settings import trainer_config
 
     rng = np.random.default_rng(5)
     y = np.r_[np.zeros(270, int), np.ones(30, int)]

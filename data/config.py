@@ -1,8 +1,8 @@
-"""Config helpers shared by the Hydra entry points."""
+"""Config helpers shared by the Hydra entry points that read the data floor: the data-root resolver, the
+generated ``labels`` group, the composed config, each branch's data and split, and its prepared items."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +14,7 @@ from data.labels import LABEL_SETS, apply_label_set
 from data.prepare import PreparedData, prepare_items
 from data.root import resolve_data_root
 from data.splits import SplitSpec
-from engine.trainer import TrainerConfig, balanced_class_weights
+from engine.settings import checked_dataclass
 
 
 def _data_path(relative: str, *, _root_: DictConfig) -> str:
@@ -52,56 +52,6 @@ def compose_config(overrides: Sequence[str]) -> DictConfig:
     register_configs()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose("config", overrides=[f"paths.root_dir={Path.cwd()}", *overrides])
-
-
-_SCALARS = {"int": int, "float": float, "bool": bool, "str": str}
-
-
-def _check_type(where: str, name: str, annotation: str, value: Any) -> None:
-    """A scalar setting must have its declared type (``max_epochs=abc`` is an error, not a string)."""
-    options = [part.strip() for part in str(annotation).split("|")]
-    if value is None:
-        if "None" not in options:
-            raise ValueError(f"{where}.{name} must be set (got null)")
-        return
-    scalars = [_SCALARS[o] for o in options if o in _SCALARS]
-    if len(scalars) != len([o for o in options if o != "None"]):
-        return  # a container or other type: checked by the dataclass itself
-    ok = any(isinstance(value, t) and not (t is not bool and isinstance(value, bool)) for t in scalars)
-    ok = ok or (float in scalars and isinstance(value, int) and not isinstance(value, bool))
-    if not ok:
-        expected = " or ".join(o for o in options if o != "None")
-        raise ValueError(f"{where}.{name} must be {expected}, got {value!r}")
-
-
-def checked_dataclass(cls: type, node: DictConfig | dict, where: str) -> Any:
-    """``cls`` built from a config node: a key it does not declare, or a scalar of the wrong type, is an
-    error naming ``where`` (a misspelt key would otherwise be ignored and its default used)."""
-    values = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
-    declared = {f.name: f.type for f in fields(cls)}
-    unknown = sorted(set(values) - set(declared))
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; known: {sorted(declared)}")
-    for name, value in values.items():
-        _check_type(where, name, declared[name], value)
-    return cls(**values)
-
-
-def trainer_config(cfg: DictConfig, override: DictConfig | dict | None = None,
-                   train_targets: Sequence[int] | None = None, n_classes: int | None = None) -> TrainerConfig:
-    """``cfg.trainer`` with a branch's own trainer settings laid over it, checked for typos.
-
-    ``class_weights: balanced`` becomes scikit-learn's balanced weights of ``train_targets``.
-    """
-    checked_dataclass(TrainerConfig, cfg.trainer, "trainer")  # the run's own settings are checked even where overridden
-    merged = OmegaConf.to_container(OmegaConf.merge(cfg.trainer, override or {}), resolve=True)
-    if merged.get("class_weights") == "balanced":
-        if train_targets is None or n_classes is None:
-            raise ValueError("trainer.class_weights=balanced needs the training targets")
-        merged["class_weights"] = balanced_class_weights(train_targets, n_classes)
-    elif isinstance(merged.get("class_weights"), str):
-        raise ValueError(f"trainer.class_weights must be null, 'balanced' or a list, got {merged['class_weights']!r}")
-    return checked_dataclass(TrainerConfig, merged, "trainer")
 
 
 def split_spec(node: DictConfig) -> SplitSpec:
