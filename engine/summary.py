@@ -20,12 +20,14 @@ def results_table(rows: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def print_results(rows: dict[str, dict[str, Any]], run_dir: Path, figures: list[Path] | None = None) -> None:
-    """Print the table and write it as ``results.md`` and ``results.json`` (what sweep summaries read)."""
+def print_results(rows: dict[str, dict[str, Any]], run_dir: Path, figures: list[Path] | None = None,
+                  selections: Path | None = None) -> None:
+    """Print the table and write it as ``results.md`` and ``results.json`` (what sweep summaries read);
+    ``selections``: the run's list of models chosen on validation, named after the figures."""
     table = results_table(rows)
     (run_dir / "results.md").write_text(table + "\n")
     write_json(run_dir / "results.json", {name: {**headline(m), "val_accuracy": m.get("training", {}).get("val_acc"),
                                                  "pairing": m.get("pairing")} for name, m in rows.items()})
     listed = "".join(f"\n  {path}" for path in figures or [])
     print("\n" + table + "\n\n(95% bootstrap intervals in brackets)" + (f"\nFigures:{listed}" if listed else "")
-          + "\nRun folder: " + str(run_dir))
+          + (f"\nModels chosen on validation: {selections}" if selections else "") + "\nRun folder: " + str(run_dir))

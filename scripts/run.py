@@ -69,10 +69,7 @@ def main(cfg: DictConfig) -> float:
         distributed.shut_down()
     if distributed.launched_rank() == 0:
         figures = [path for path in sorted(run_dir.glob("**/confusion*.png")) if CANDIDATES_DIR not in path.parts]
-        selections = write_selection_summary(run_dir)
-        if selections is not None:
-            figures.insert(0, selections)  # listed first: which model each folder kept, and why
-        print_results(rows, run_dir, figures=figures[:6])
+        print_results(rows, run_dir, figures=figures[:6], selections=write_selection_summary(run_dir))
     return list(rows.values())[-1]["accuracy"]  # the fused row when fusion ran (multirun objective)
 
 

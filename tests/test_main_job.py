@@ -100,6 +100,8 @@ def test_main_job_prints_image_audio_and_fused_rows(main_job_run):
         assert row in stdout
     assert (run_dir / "fusion" / "confusions_pairing-synthetic.png").is_file()
     assert str(run_dir / "fusion" / "confusions_pairing-synthetic.png") in stdout
+    assert f"Models chosen on validation: {run_dir / 'selections.md'}" in stdout  # the demo's audio is chosen so
+    assert "| audio | **" in (run_dir / "selections.md").read_text()
     results = json.loads((run_dir / "results.json").read_text())
     assert len({m["n"] for m in results.values()}) == 1  # the rows share their test items
     # The printed rows recomputed from what the branches and fusion wrote: the test pairs with both
