@@ -17,8 +17,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from audio.extract import (MEL_FRAMES, DecodedFeatureWindows, decode_feature_windows, extract_features, extract_log_mels,
-                           extract_musicnn)
+from audio.extract import (MEL_FRAMES, DecodedFeatureWindows, decode_feature_windows, extract_features,
+                           extract_log_mels, extract_musicnn)
 from audio.mel import MelParams
 from audio.models import build_audio_model
 from data.gtzan import FEATURE_COLUMNS, segment_items

@@ -17,7 +17,6 @@ from scipy.optimize import minimize_scalar
 from engine.report import PROBABILITY_FLOOR, expected_calibration_error, log_loss
 
 
-
 def reliability(proba: np.ndarray, y: np.ndarray, n_bins: int = 10) -> dict[str, list[float]]:
     """Per confidence bin: mean confidence, accuracy and item count (the reliability diagram's data)."""
     proba, y = np.asarray(proba, dtype=float), np.asarray(y)
