@@ -22,6 +22,7 @@ from engine import distributed
 from engine.cli import report_user_errors
 from data.config import check_crossfit_possible, register_configs, split_spec
 from engine.selection import CANDIDATES_DIR, write_selection_summary
+from engine.tracking import check_tracking, track_run
 
 register_configs()
 log = logging.getLogger("genrefusion")
@@ -40,6 +41,7 @@ def main(cfg: DictConfig) -> float:
         raise ValueError(f"branches: unknown {unknown}; known: audio, covers, fusion")
     if "fusion" in cfg.branches and not {"audio", "covers"} <= set(cfg.branches):
         raise ValueError("branches: fusion needs both audio and covers")
+    check_tracking(cfg.tracking)
     split_spec(cfg.split)  # now: a k-fold run counts its folds from it before any branch reads it
     # The later parts' settings are checked now, not after the branches before them have trained.
     if "covers" in cfg.branches:
@@ -70,6 +72,7 @@ def main(cfg: DictConfig) -> float:
     if distributed.launched_rank() == 0:
         figures = [path for path in sorted(run_dir.glob("**/confusion*.png")) if CANDIDATES_DIR not in path.parts]
         print_results(rows, run_dir, figures=figures[:6], selections=write_selection_summary(run_dir))
+        track_run(cfg, run_dir)
     return list(rows.values())[-1]["accuracy"]  # the fused row when fusion ran (multirun objective)
 
 

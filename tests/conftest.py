@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 
 from data.root import resolve_data_root
+
+#: The installed command (``[project.scripts]``; ``make install`` puts it beside the interpreter).
+GENREFUSION = str(Path(sys.executable).parent / "genrefusion")
 
 #: Fixtures that train a whole run (the main job, a k-fold run, a paired run, a segment run): every
 #: test that uses one is marked ``slow``, so ``-m "not slow"`` is a quick loop without them.
@@ -56,14 +60,13 @@ def gtzan30(data_root):
 
 @pytest.fixture(scope="session")
 def main_job_run(tmp_path_factory, discogs_covers_csv) -> tuple[str, Path]:
-    """The default main job (audio + covers + fusion) on a 150-cover subset of the Discogs covers: (stdout, run folder)."""
+    """The default main job (audio + covers + fusion) on a 150-cover subset of the Discogs covers, run by the
+    installed ``genrefusion run`` (tracked in MLflow, the default): (stdout, run folder)."""
     import subprocess
-    import sys
 
     tmp_path = tmp_path_factory.mktemp("main_job")
     csv = discogs_covers_csv(tmp_path / "covers_subset.csv", 50)
-    root = Path(__file__).resolve().parent.parent
-    result = subprocess.run([sys.executable, str(root / "scripts" / "run.py"), f"paths.root_dir={tmp_path}",
+    result = subprocess.run([GENREFUSION, "run", f"paths.root_dir={tmp_path}",
                              "trainer.progress=false", f"covers.data.loader.csv_path={csv}", "covers.data.name=subset",
                              "audio.trainer.max_epochs=30"], capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]

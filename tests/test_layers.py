@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parent.parent
 #: Floor of each package: a module may import its own floor and those below, never one above.
 #: engine (the trainer, reports, run folders, typed settings) sits below data (collections, splits, and the
 #: config helpers that read them); the two branches share a floor and never read each other.
-FLOORS = {"engine": 0, "data": 1, "covers": 2, "audio": 2, "fusion": 3, "acquire": 4, "scoring": 4}
+FLOORS = {"engine": 0, "data": 1, "covers": 2, "audio": 2, "fusion": 3, "acquire": 4, "scoring": 4, "genrefusion": 5}
 #: The floor of the branches.
 BRANCHES = 2
 #: Training code: what a predict path must not import, directly or through other modules.

@@ -174,3 +174,58 @@ def test_a_misspelt_split_key_is_a_clear_error_naming_the_known_ones(tmp_path):
     assert result.returncode == 2 and "unknown key(s) ['tset_fraction']" in result.stderr
     assert "test_fraction" in result.stderr and "Traceback" not in result.stderr
 
+
+
+def test_the_main_job_is_tracked_in_mlflow_as_its_run_folder_says(main_job_run):
+    """MLflow (on by default) read back through its client: the logged numbers are the run folder's."""
+    import pandas as pd
+    from mlflow.tracking import MlflowClient
+
+    _, run_dir = main_job_run
+    outputs = run_dir.parents[2]  # outputs/run/<date>/<time>
+    client = MlflowClient(tracking_uri=f"sqlite:///{outputs / 'mlflow.db'}")
+    [run] = client.search_runs([client.get_experiment_by_name("run").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.tags["run_dir"] == str(run_dir)
+    logged = run.data.metrics
+    results = json.loads((run_dir / "results.json").read_text())
+    for role, start in (("majority", "majority"), ("image_only", "image-only"), ("audio_only", "audio-only"),
+                        ("fused", "fused")):
+        row = next(m for name, m in results.items() if name.startswith(start))
+        assert logged[f"{role}_accuracy"] == row["accuracy"], role
+        assert [logged[f"{role}_accuracy_low"], logged[f"{role}_accuracy_high"]] == row["ci95"]["accuracy"], role
+        assert logged[f"{role}_macro_f1"] == row["macro_f1"], role
+    for branch in ("audio", "covers"):
+        metrics = json.loads((run_dir / branch / "metrics.json").read_text())
+        assert logged[f"{branch}/accuracy"] == metrics["accuracy"]
+        assert logged[f"{branch}/balanced_accuracy_high"] == metrics["ci95"]["balanced_accuracy"][1]
+    assert not any(key.startswith("audio/candidates") for key in logged)  # only the kept model's numbers
+    history = pd.read_csv(run_dir / "audio" / "history.csv")
+    points = client.get_metric_history(run.info.run_id, "audio/val_loss")
+    assert [(p.step, p.value) for p in sorted(points, key=lambda p: p.step)] == \
+        list(zip(history["epoch"], history["val_loss"]))
+    params = run.data.params
+    assert params["audio.trainer.max_epochs"] == "30" and params["seed"] == "42" and params["tracking.backend"] == "mlflow"
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "fusion")}
+    assert {"fusion/confusions_pairing-synthetic.png", "fusion/metrics_pairing-synthetic.json"} <= artifacts
+
+
+def test_tracking_that_fails_is_a_warning_and_tracking_none_writes_no_store(tmp_path):
+    """The run folder is the record: an unusable store costs a warning, not the run; tracking=none opens none."""
+    def run(*overrides):
+        return subprocess.run([sys.executable, str(ROOT / "scripts" / "run.py"), f"paths.root_dir={tmp_path}",
+                               "trainer.progress=false", "branches=[audio]", "audio=feature_linear",
+                               "audio.trainer.max_epochs=2", *overrides],
+                              capture_output=True, text=True, timeout=300, cwd=tmp_path)
+
+    untracked = run("tracking=none")
+    assert untracked.returncode == 0, untracked.stderr[-3000:]
+    assert "MLflow" not in untracked.stdout + untracked.stderr and not (tmp_path / "outputs" / "mlflow.db").exists()
+    unwritable = tmp_path / "not-a-folder"
+    unwritable.write_text("a file where the store's folder would be")
+    failed = run(f"tracking.uri=sqlite:///{unwritable}/mlflow.db")
+    assert failed.returncode == 0, failed.stderr[-3000:]
+    assert "MLflow tracking failed" in failed.stdout and "is complete" in failed.stdout  # Hydra logs to stdout
+    run_dir = Path(next(line for line in failed.stdout.splitlines() if line.startswith("Run folder: "))[12:])
+    assert (run_dir / "results.json").is_file() and (run_dir / "audio" / "metrics.json").is_file()
+    misspelt = run("tracking.backend=off")  # refused before anything trains
+    assert misspelt.returncode == 2 and "tracking.backend must be one of ['mlflow', 'none']" in misspelt.stderr

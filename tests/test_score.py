@@ -12,6 +12,7 @@ import pytest
 from fusion.heads import fusion_inputs, load_fusion_head
 from scoring.jobs import score_table
 from scoring.tables import open_scores, parse_shard, read_track_table, resolve_ids
+from conftest import GENREFUSION
 from track_tables import track_table
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -22,9 +23,8 @@ def test_scoring_keeps_every_row_and_resumes(main_job_run, covers_loaded, data_r
     table, catalogue, _ = track_table(tmp_path, covers_loaded, data_root, cover_server)
     n_rows = 14
     out = tmp_path / "scores.csv"
-    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "score.py"), f"model_dir={run_dir}",
-                             f"input={table}", f"output={out}", f"catalogue={catalogue}", "batch_size=4",
-                             "progress=false", f"paths.root_dir={tmp_path}"],
+    result = subprocess.run([GENREFUSION, "score", f"model_dir={run_dir}", f"input={table}", f"output={out}",
+                             f"catalogue={catalogue}", "batch_size=4", "progress=false", f"paths.root_dir={tmp_path}"],
                             capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     scores = pd.read_csv(out, keep_default_na=False)
@@ -197,7 +197,7 @@ def test_scoring_mistakes_are_one_readable_line_and_leave_the_tables_alone(tmp_p
               tmp_path / "items.csv": "item_id,cover_path\na,a.jpg\n"}
     for path, text in tables.items():
         path.write_text(text)
-    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "score.py"), *arguments, "progress=false",
+    result = subprocess.run([GENREFUSION, "score", *arguments, "progress=false",
                              f"paths.root_dir={tmp_path}"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
     assert len(result.stderr.strip().splitlines()) == 2 and "Traceback" not in result.stderr  # the error, the hint

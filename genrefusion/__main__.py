@@ -1,0 +1,5 @@
+import sys
+
+from genrefusion.cli import main
+
+sys.exit(main())
