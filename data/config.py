@@ -14,7 +14,7 @@ from data.labels import LABEL_SETS, apply_label_set
 from data.prepare import PreparedData, prepare_items
 from data.root import resolve_data_root
 from data.splits import SplitSpec
-from engine.settings import checked_dataclass
+from engine.settings import BranchTrainer, checked_dataclass
 
 
 def _data_path(relative: str, *, _root_: DictConfig) -> str:
@@ -27,7 +27,9 @@ def register_configs() -> None:
 
     - the resolver ``${data_root:covers/covers.csv}`` → that file under the resolved data root;
     - the ``labels`` config group, one entry per :data:`data.labels.LABEL_SETS` (its one
-      definition), so ``labels=paper5`` works without a YAML copy that could disagree with it.
+      definition), so ``labels=paper5`` works without a YAML copy that could disagree with it;
+    - ``branch_trainer/overlay``: a branch's own trainer settings (:data:`engine.settings.BranchTrainer`),
+      which every branch config's ``trainer`` extends.
     """
     from hydra.core.config_store import ConfigStore
 
@@ -38,6 +40,7 @@ def register_configs() -> None:
         store.store(group="labels", name=label_set.name,
                     node={"name": label_set.name, "classes": list(label_set.classes),
                           "aliases": dict(label_set.aliases)})
+    store.store(group="branch_trainer", name="overlay", node=BranchTrainer)
 
 
 #: The Hydra config folder the entry points compose from.

@@ -6,8 +6,8 @@ trainer settings with a branch's own laid over them (the one :class:`engine.trai
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import fields
-from typing import Any
+from dataclasses import field, fields, make_dataclass
+from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -33,6 +33,20 @@ def _check_type(where: str, name: str, annotation: str, value: Any) -> None:
         raise ValueError(f"{where}.{name} must be {expected}, got {value!r}")
 
 
+def _setting_type(annotation: str) -> Any:
+    """A :class:`TrainerConfig` field's type as a branch setting: the scalar or null; containers untyped."""
+    options = [part.strip() for part in str(annotation).split("|") if part.strip() != "None"]
+    return Optional[_SCALARS[options[0]]] if len(options) == 1 and options[0] in _SCALARS else Any
+
+
+#: A branch's own trainer settings (``audio.trainer``, ``covers.trainer``): every key of :class:`TrainerConfig`,
+#: typed, null (the default) keeping the run's ``trainer`` value. Registered as the ``branch_trainer`` config
+#: (``data.config.register_configs``), so ``audio.trainer.monitor=val_acc`` needs no ``+`` and ``abc`` for an
+#: integer is refused when the config is composed.
+BranchTrainer = make_dataclass("BranchTrainer", [(f.name, _setting_type(f.type), field(default=None))
+                                                 for f in fields(TrainerConfig)])
+
+
 def checked_dataclass(cls: type, node: DictConfig | dict, where: str) -> Any:
     """``cls`` built from a config node: a key it does not declare, or a scalar of the wrong type, is an
     error naming ``where`` (a misspelt key would otherwise be ignored and its default used)."""
@@ -48,12 +62,16 @@ def checked_dataclass(cls: type, node: DictConfig | dict, where: str) -> Any:
 
 def trainer_config(cfg: DictConfig, override: DictConfig | dict | None = None,
                    train_targets: Sequence[int] | None = None, n_classes: int | None = None) -> TrainerConfig:
-    """``cfg.trainer`` with a branch's own trainer settings laid over it, checked for typos.
+    """``cfg.trainer`` with a branch's own trainer settings laid over it (its null ones keep the run's), checked
+    for typos.
 
     ``class_weights: balanced`` becomes scikit-learn's balanced weights of ``train_targets``.
     """
     checked_dataclass(TrainerConfig, cfg.trainer, "trainer")  # the run's own settings are checked even where overridden
-    merged = OmegaConf.to_container(OmegaConf.merge(cfg.trainer, override or {}), resolve=True)
+    if isinstance(override, DictConfig):
+        override = OmegaConf.to_container(override, resolve=True)
+    own = {key: value for key, value in (override or {}).items() if value is not None}
+    merged = OmegaConf.to_container(OmegaConf.merge(cfg.trainer, own), resolve=True)
     if merged.get("class_weights") == "balanced":
         if train_targets is None or n_classes is None:
             raise ValueError("trainer.class_weights=balanced needs the training targets")

@@ -18,6 +18,7 @@ import json
 import logging
 import math
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -198,14 +199,29 @@ def track_run(cfg: DictConfig, run_dir: Path) -> str | None:
         experiment = settings.experiment or cfg.get("experiment_name") or cfg.task
     uri = settings.uri or sqlite_uri(output_dir / "mlflow.db")
     try:
-        run_id = log_run(run_dir, OmegaConf.to_container(cfg, resolve=True), uri=uri, experiment=str(experiment),
-                         run_name=_relative(run_dir, output_dir), tags={"git_commit": str(_git_commit())})
+        with _store_lock(uri):
+            run_id = log_run(run_dir, OmegaConf.to_container(cfg, resolve=True), uri=uri, experiment=str(experiment),
+                             run_name=_relative(run_dir, output_dir), tags={"git_commit": str(_git_commit())})
     except Exception as error:  # the run's work is on disk; tracking is a copy of it
         log.warning("MLflow tracking failed (%s: %s); the run folder %s is complete", type(error).__name__, error,
                     run_dir)
         return None
     log.info("Tracked in MLflow: experiment %r, run %s (mlflow ui --backend-store-uri %s)", experiment, run_id, uri)
     return run_id
+
+
+@contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """One writer at a time on a sqlite store: a sweep's parallel runs would otherwise race to create its
+    tables (MLflow's migrations are not safe to run twice at once)."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    with open(uri.removeprefix("sqlite:///") + ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, however the process ends
+        yield
 
 
 def _relative(path: Path, base: Path) -> str:

@@ -5,7 +5,7 @@ Usage: [SPOTIPY_CLIENT_ID=… SPOTIPY_CLIENT_SECRET=…] .venv/bin/python script
 
 Without Spotify credentials covers come from MusicBrainz / Cover Art Archive and previews from Deezer.
 
-Read the README's "Terms of the sources" before crawling. Re-running resumes: finished items
+Read docs/sources.md (the terms of the sources) before crawling. Re-running resumes: finished items
 are skipped; ``DIR/crawl_status.csv`` holds one row per item and kind, ``DIR/items.csv`` the
 item table with the paths of what is on disk.
 """

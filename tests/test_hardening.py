@@ -172,7 +172,7 @@ def test_audio_config_mistakes_stop_the_branch_before_its_inputs_are_read(tmp_pa
     # The audio branch trains first: each of these used to stop the run only after it had trained.
     ("covers.mode=foo", "unknown covers.mode 'foo'"),
     ("covers.model.backbone=resnet50", "resnet50 with pretrained=true needs ImageNet weights"),
-    ("+covers.trainer.max_epochs=0", "trainer.max_epochs, patience and batch_size must be ≥ 1"),
+    ("covers.trainer.max_epochs=0", "trainer.max_epochs, patience and batch_size must be ≥ 1"),
     ("covers.mode=frozen +covers.augment={rap:[hflip]}", "covers.augment changes pixels"),
     ("fusion.method=foo", "unknown fusion.method 'foo'"),
     ("fusion.pairing=paired", "fusion.pairing must be one of auto, real, synthetic"),

@@ -31,6 +31,14 @@ def test_joblib_sweep_runs_in_parallel_and_summarises(tmp_path):
         kept = json.loads((Path(run.run) / "audio" / "metrics.json").read_text())["training"]["best_epoch"]
         assert run.val_accuracy == pytest.approx(pd.read_csv(Path(run.run) / "audio" / "history.csv")["val_acc"][kept - 1])
     assert "| val_accuracy | accuracy |" in summary.stdout
+    # Both runs, written by two processes at once, are one MLflow experiment named after the sweep's folder.
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(f"sweep {sweep}")  # outside the outputs folder: its full path
+    tracked = client.search_runs([experiment.experiment_id])
+    assert sorted(r.data.params["seed"] for r in tracked) == ["1", "2"]
+    assert sorted(r.data.metrics["audio_only_accuracy"] for r in tracked) == sorted(runs["accuracy"])
 
 
 def test_slurm_launcher_config_composes_onto_submitit():

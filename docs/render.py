@@ -1,0 +1,222 @@
+"""The measured tables of docs/ and the README, rendered from the result files (never typed by hand).
+
+A page marks a rendered block with ``<!-- rendered: KIND ARGUMENT -->`` … ``<!-- end rendered -->``; the
+block between the markers is what :func:`render` makes of the files the argument names:
+
+- ``comparison results/<folder>``: a run's image / audio / fused comparison (``metrics_pairing-*.json``);
+- ``include results/<file>.md``: a table a command wrote as markdown (sweep summaries, the covers table);
+- ``paired results/<file>.json …``: paired comparisons written by ``genrefusion compare --out``;
+- ``speed``: the benchmark result files under ``benchmarks/results/`` (each with its machine and commit).
+
+Usage: .venv/bin/python docs/render.py              rewrite every page's blocks
+       .venv/bin/python docs/render.py --check      exit 1 and name the pages whose blocks disagree
+       .venv/bin/python docs/render.py --inventory OLD.md   every measured table of OLD.md: are its
+                                                    numbers still in the README and docs/?
+``tests/test_docs.py`` fails when a page disagrees with its files.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+#: The pages the renderer keeps: the README and every page of docs/.
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+BLOCK = re.compile(r"(<!-- rendered: (?P<spec>[^>]+?) -->\n)(?P<body>.*?)(<!-- end rendered -->)", re.S)
+
+
+def _interval(values: list[float] | None, signed: bool = False) -> str:
+    if not values:
+        return "–"
+    form = "{:+.3f}" if signed else "{:.3f}"
+    return f"[{form.format(values[0])}, {form.format(values[1])}]"
+
+
+def comparison(folder: str) -> str:
+    """One row per model of a run's comparison: accuracy with its interval (and the one resampling groups
+    where the items have groups), balanced accuracy, log-loss / ECE."""
+    [path] = sorted((ROOT / folder).glob("metrics_pairing-*.json"))
+    metrics = json.loads(path.read_text())
+    grouped = any(row.get("ci95_by_group") for row in metrics["rows"].values())
+    lines = [f"| model (same {metrics['comparison_items']} items, pairing: {metrics['pairing']}) | accuracy "
+             + ("| by group " if grouped else "") + "| balanced acc. | macro-F1 | log-loss / ECE |",
+             "|---|---|" + ("---|" if grouped else "") + "---|---|---|"]
+    for name, row in metrics["rows"].items():
+        model = name.split(" · pairing:")[0]
+        calibration = f"{row['log_loss']:.3f} / {row['ece']:.3f}" if row.get("log_loss") is not None else "–"
+        by_group = f"| {_interval((row.get('ci95_by_group') or {}).get('accuracy'))} " if grouped else ""
+        lines.append(f"| {model} | {row['accuracy']:.3f} {_interval(row['ci95']['accuracy'])} {by_group}"
+                     f"| {row['balanced_accuracy']:.3f} | {row['macro_f1']:.3f} | {calibration} |")
+    return "\n".join(lines) + f"\n\n(`{folder}/{path.name}`)"
+
+
+def include(file: str) -> str:
+    """The markdown tables of a file a command wrote (its other lines left out)."""
+    lines = [line for line in (ROOT / file).read_text().splitlines() if line.startswith("|")]
+    return "\n".join(lines) + f"\n\n(`{file}`)"
+
+
+def paired(*files: str) -> str:
+    """Paired comparisons (``genrefusion compare --out``): each run's accuracy, the first minus each other."""
+    lines = ["| comparison file | common test items | first run | other run | first − other [95% CI] | McNemar p |",
+             "|---|---|---|---|---|---|"]
+    for file in files:
+        result = json.loads((ROOT / file).read_text())
+        runs = result["runs"]
+        first = next(iter(runs))
+        for other, versus in result["first_minus_other"].items():
+            difference = versus["difference"]
+            lines.append(f"| `{Path(file).name}` | {result['n_common_test_items']} | {runs[first]['accuracy']:.3f} | "
+                         f"{runs[other]['accuracy']:.3f} | {difference['difference']:+.3f} "
+                         f"{_interval(difference['ci95'], signed=True)} | {versus['mcnemar']['p_value']:.4f} |")
+    return "\n".join(lines)
+
+
+def _load(name: str) -> dict | None:
+    path = RESULTS / name
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _machine(result: dict) -> str:
+    machine = result["machine"]
+    gpu = f", {machine['gpu']}" if machine.get("gpu") else ""
+    return f"{machine['cpu']}, {machine['cpu_cores']} cores{gpu}; commit {machine['git_commit']}"
+
+
+def _note(result: dict) -> list[str]:
+    """A result file's note (what to compare it with), as a paragraph after its table."""
+    return ["", result["note"], ""] if result.get("note") else [""]
+
+
+def speed() -> str:
+    """One table per benchmark whose result file exists."""
+    lines: list[str] = []
+    # The 2-core record, then a GPU machine's (its CPU paths ran on that machine's cores).
+    for name in ("feature_speed.json", "feature_speed_cuda.json"):
+        if not (features := _load(name)):
+            continue
+        lines += [f"**GTZAN features** (`{features['command']}`; {features['clips']} clips of 30 s; "
+                  f"{_machine(features)}):", "",
+                  "| path | s per clip | × naive |", "|---|---|---|"]
+        speedups = features["speedup_vs_naive"]
+        for path, seconds in features["seconds_per_clip"].items():
+            lines.append(f"| {path.replace('_', ' ')} | {seconds} | {speedups.get(path, 1.0)} |")
+        if cuda := features.get("cuda"):
+            lines.append(f"| torch, {cuda['device']}, batch {cuda['batch']}, decoding included | "
+                         f"{cuda['seconds_per_clip_incl_decode']} | {cuda['speedup_vs_naive_incl_decode']} |")
+        agreement = dict(features["agreement_with_one_stft_reference"])
+        if cuda:
+            agreement["torch_cuda"] = cuda["agreement_with_one_stft_reference"]
+        lines += ["", "Largest relative difference from the one-STFT reference, tempo aside (tempos differing): "
+                  + "; ".join(f"{path.replace('_', ' ')} {a['max_relative_difference']:.1e} ({a['tempos_differing']})"
+                              for path, a in agreement.items()) + ".", *_note(features)]
+    for name in ("score_throughput.json", "score_throughput_paired.json", "score_throughput_cuda.json",
+                 "score_throughput_cuda_paired.json"):
+        if not (scoring := _load(name)):
+            continue
+        lines += [f"**Batch scoring, steady state** (`{scoring['command']}`; {scoring['n_rows']} rows tiled from "
+                  f"{scoring['distinct_files']} {scoring['source']} clips and covers, caching off, "
+                  f"{scoring['n_jobs']} feature processes; {_machine(scoring)}):", "",
+                  "| model | batch | start-up s | s to first batch | steady tracks/s | job tracks/s | busiest stages "
+                  "(share of the job's time) | output rows |", "|---|---|---|---|---|---|---|---|"]
+        for model, run in scoring["runs"].items():
+            busiest = sorted(run["stage_busy_share"].items(), key=lambda item: -item[1])[:2]
+            lines.append(f"| {model} | {run['batch_size']} | {run['startup_seconds']} | {run['seconds_to_first_batch']} "
+                         f"| {run['steady_tracks_per_s']} | {run['tracks_per_s']} | "
+                         + ", ".join(f"{stage} {share:.0%}" for stage, share in busiest)
+                         + f" | {run['output_rows']} |")
+        lines += _note(scoring)
+    if ray := _load("ray_scoring.json"):
+        lines += [f"**Scoring engines, local and Ray** (`{ray['command']}`; {ray['n_rows']} rows; {_machine(ray)}):", "",
+                  "| engine | tracks/s | output rows | hours per million tracks, one node |", "|---|---|---|---|"]
+        for name, run in ray["runs"].items():
+            hours = 1e6 / run["tracks_per_s"] / 3600
+            lines.append(f"| {name} | {run['tracks_per_s']} | {run['output_rows']} | {hours:.0f} |")
+        lines.append("")
+    for device in ("cpu", "cuda"):
+        if finetune := _load(f"finetune_speed_{device}.json"):
+            lines += [f"**Cover fine-tuning, {device.upper()}** (`{finetune['command']}`; {finetune['size']} px, "
+                      f"batch {finetune['batch_size']}, random init, epoch {finetune['epoch_reported']}; "
+                      f"{_machine(finetune)}):", "",
+                      "| backbone | variant | images/s | data-wait share |", "|---|---|---|---|"]
+            for backbone, variants in finetune["runs"].items():
+                for variant, run in variants.items():
+                    lines.append(f"| {backbone} | {variant.replace('_', ' ')} | {run['images_per_s']} | "
+                                 f"{run['data_wait_share']:.1%} |")
+            if finetune.get("complete") is False:
+                lines += ["", "(Incomplete: the run ended before every backbone was measured.)"]
+            if finetune.get("note"):
+                lines += ["", finetune["note"] + "."]
+            lines.append("")
+    return "\n".join(lines).strip()
+
+
+RENDERERS = {"comparison": comparison, "include": include, "paired": paired, "speed": speed}
+
+
+def render(spec: str) -> str:
+    """The block for one marker's ``KIND ARGUMENT…``."""
+    kind, *arguments = spec.split()
+    if kind not in RENDERERS:
+        raise ValueError(f"unknown rendered block {kind!r}; known: {sorted(RENDERERS)}")
+    return RENDERERS[kind](*arguments)
+
+
+def rendered_page(text: str) -> str:
+    """``text`` with every block rendered afresh."""
+    return BLOCK.sub(lambda m: f"{m.group(1)}\n{render(m.group('spec'))}\n\n{m.group(4)}", text)
+
+
+def stale_pages(pages: list[Path] = PAGES) -> list[Path]:
+    """The pages whose rendered blocks disagree with their files."""
+    return [page for page in pages if rendered_page(page.read_text()) != page.read_text()]
+
+
+def _tables(text: str) -> list[list[str]]:
+    tables, current = [], []
+    for line in text.splitlines() + [""]:
+        if line.startswith("|"):
+            current.append(line)
+        elif current:
+            tables.append(current)
+            current = []
+    return tables
+
+
+def inventory(old: str, pages: list[Path] = PAGES) -> list[str]:
+    """For each table of ``old`` with measured numbers: how many of its numbers the pages still hold."""
+    now = "\n".join(page.read_text() for page in pages)
+    kept = set(re.findall(r"\d+\.\d+", now))
+    report = []
+    for table in _tables(old):
+        numbers = re.findall(r"\d+\.\d+", "\n".join(table[2:]))
+        if numbers:
+            missing = sorted({n for n in numbers if n not in kept})
+            report.append(f"{'kept' if not missing else 'MISSING ' + ', '.join(missing)}: {table[0][:90]}")
+    return report
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="only say which pages disagree with their files")
+    parser.add_argument("--inventory", type=Path, help="an earlier README: list its measured tables")
+    args = parser.parse_args()
+    if args.inventory:
+        lines = inventory(args.inventory.read_text())
+        print("\n".join(lines))
+        return int(any(line.startswith("MISSING") for line in lines))
+    if args.check:
+        stale = stale_pages()
+        print("\n".join(f"stale: {page.relative_to(ROOT)}" for page in stale) or "every page agrees with its files")
+        return int(bool(stale))
+    for page in PAGES:
+        page.write_text(rendered_page(page.read_text()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
