@@ -90,7 +90,7 @@ def _split_file(cfg: DictConfig, data_cfg: DictConfig, spec: SplitSpec) -> Path:
 def branch_split_spec(cfg: DictConfig, branch: DictConfig) -> tuple[SplitSpec, Path]:
     """The branch's split and where it is saved.
 
-    Inside cross-fitting (``cfg.inner_fold``: ``{fold, folds}``, set by scripts/run.py) it is the
+    Inside cross-fitting (``cfg.inner_fold``: ``{fold, folds}``, set by :mod:`fusion.protocol`) it is the
     k-fold split of the training part of the branch's own split, saved beside it.
     """
     data_cfg = branch_data(cfg, branch)

@@ -1,13 +1,15 @@
 """Typed settings from config nodes: a misspelt key or a value of the wrong type is one readable error.
 
 ``checked_dataclass`` builds a settings dataclass from a config node; ``trainer_config`` is the run's
-trainer settings with a branch's own laid over them (the one :class:`engine.trainer.TrainerConfig`).
+trainer settings with a branch's own laid over them (the one :class:`engine.trainer.TrainerConfig`);
+``with_values`` derives a config with some values set, leaving the caller's as it was (configs are input).
 """
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import field, fields, make_dataclass
-from typing import Any, Optional
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -33,18 +35,12 @@ def _check_type(where: str, name: str, annotation: str, value: Any) -> None:
         raise ValueError(f"{where}.{name} must be {expected}, got {value!r}")
 
 
-def _setting_type(annotation: str) -> Any:
-    """A :class:`TrainerConfig` field's type as a branch setting: the scalar or null; containers untyped."""
-    options = [part.strip() for part in str(annotation).split("|") if part.strip() != "None"]
-    return Optional[_SCALARS[options[0]]] if len(options) == 1 and options[0] in _SCALARS else Any
-
-
 #: A branch's own trainer settings (``audio.trainer``, ``covers.trainer``): every key of :class:`TrainerConfig`,
-#: typed, null (the default) keeping the run's ``trainer`` value. Registered as the ``branch_trainer`` config
-#: (``data.config.register_configs``), so ``audio.trainer.monitor=val_acc`` needs no ``+`` and ``abc`` for an
-#: integer is refused when the config is composed.
-BranchTrainer = make_dataclass("BranchTrainer", [(f.name, _setting_type(f.type), field(default=None))
-                                                 for f in fields(TrainerConfig)])
+#: null (the default) keeping the run's ``trainer`` value. Registered as the ``branch_trainer`` config
+#: (``data.config.register_configs``), so ``audio.trainer.monitor=val_acc`` needs no ``+``. The values are
+#: untyped here and checked by :func:`trainer_config` when the branch trains: a wrong type in one job of a
+#: sweep then fails that job alone (with one readable line), not the composition of the whole sweep.
+BranchTrainer = make_dataclass("BranchTrainer", [(f.name, Any, field(default=None)) for f in fields(TrainerConfig)])
 
 
 def checked_dataclass(cls: type, node: DictConfig | dict, where: str) -> Any:
@@ -79,3 +75,11 @@ def trainer_config(cfg: DictConfig, override: DictConfig | dict | None = None,
     elif isinstance(merged.get("class_weights"), str):
         raise ValueError(f"trainer.class_weights must be null, 'balanced' or a list, got {merged['class_weights']!r}")
     return checked_dataclass(TrainerConfig, merged, "trainer")
+
+
+def with_values(cfg: DictConfig, values: dict[str, Any]) -> DictConfig:
+    """A copy of ``cfg`` with ``values`` (dotted keys, each already in the config) set; ``cfg`` is unchanged."""
+    derived = copy.deepcopy(cfg)
+    for key, value in values.items():
+        OmegaConf.update(derived, key, value, merge=False)
+    return derived

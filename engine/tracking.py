@@ -7,10 +7,11 @@ tracking failure (a locked database, a missing package) costs a warning, never t
 - per-epoch history: every kept model's ``history.csv`` (candidates and cross-fitting folds left out), as
   ``<folder>/<column>`` with the epoch as step (``fold-0/audio/val_loss``);
 - final metrics: each branch folder's ``metrics.json`` headline (``audio/accuracy``, ``audio/accuracy_low``,
-  ``…_high``), and the printed comparison (``results.json``) by role: ``majority_accuracy``,
+  ``…_high``), and the rows the run prints (``results.json``) by role: ``majority_accuracy``,
   ``image_only_accuracy``, ``audio_only_accuracy``, ``fused_accuracy`` (the last fused row: the head the run
   tests), each with ``_balanced_accuracy``, ``_macro_f1`` and the intervals' ``_low`` / ``_high``;
-- artifacts: the figures, ``model_card.json`` and ``metrics.json`` files, ``results.md`` and the config.
+- artifacts: the figures, ``model_card.json`` and ``metrics.json`` files, the selections and folds summaries
+  and the config.
 """
 from __future__ import annotations
 
@@ -34,8 +35,8 @@ SKIPPED_FOLDERS = frozenset({"candidates", "crossfit"})
 #: MLflow's limits: values of one parameter, entries of one ``log_batch`` call.
 PARAM_VALUE_LIMIT, BATCH_LIMIT = 6000, 1000
 #: Artifacts logged from the run folder (besides ``.hydra/config.yaml``).
-ARTIFACT_PATTERNS = ("*.png", "model_card.json", "metrics.json", "metrics_pairing-*.json", "results.md",
-                     "selections.md", "folds.md")
+ARTIFACT_PATTERNS = ("*.png", "model_card.json", "metrics.json", "metrics_pairing-*.json", "selections.md",
+                     "folds.md")
 
 
 def flatten_config(node: Any, prefix: str = "") -> dict[str, str]:
@@ -71,16 +72,14 @@ def headline_metrics(prefix: str, metrics: dict[str, Any]) -> dict[str, float]:
     return values
 
 
-def final_metrics(run_dir: Path) -> dict[str, float]:
-    """The run's final numbers: every kept branch folder's ``metrics.json`` and the printed comparison."""
+def final_metrics(run_dir: Path, rows: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """The run's final numbers: every kept branch folder's ``metrics.json`` and the rows the run prints."""
     values: dict[str, float] = {}
     for path in _kept(run_dir, "metrics.json"):
         values.update(headline_metrics(f"{path.parent.relative_to(run_dir).as_posix()}/", json.loads(path.read_text())))
-    results = run_dir / "results.json"
-    if results.is_file():
-        # The printed rows in order: the last of a role is the one the run tests (the cross-fitted head).
-        for name, row in json.loads(results.read_text()).items():
-            values.update(headline_metrics(f"{role(name)}_", row))
+    # The printed rows in order: the last of a role is the one the run tests (the cross-fitted head).
+    for name, row in rows.items():
+        values.update(headline_metrics(f"{role(name)}_", row))
     return values
 
 
@@ -100,9 +99,10 @@ def _kept(run_dir: Path, name: str) -> list[Path]:
                   if not SKIPPED_FOLDERS & set(path.relative_to(run_dir).parts))
 
 
-def log_run(run_dir: Path, config: dict[str, Any], *, uri: str, experiment: str, run_name: str,
-            tags: dict[str, str] | None = None) -> str:
-    """Log a finished run folder to MLflow (see the module's docstring); returns the MLflow run id."""
+def log_run(run_dir: Path, config: dict[str, Any], rows: dict[str, dict[str, Any]], *, uri: str, experiment: str,
+            run_name: str, tags: dict[str, str] | None = None) -> str:
+    """Log a finished run folder and the rows it prints to MLflow (see the module's docstring); returns the
+    MLflow run id."""
     from mlflow.entities import Metric, Param, RunTag
     from mlflow.tracking import MlflowClient
 
@@ -115,7 +115,7 @@ def log_run(run_dir: Path, config: dict[str, Any], *, uri: str, experiment: str,
     run_id = run.info.run_id
     try:
         params = [Param(key, value) for key, value in flatten_config(config).items()]
-        finals = [Metric(key, value, 0, 0) for key, value in final_metrics(run_dir).items()]
+        finals = [Metric(key, value, 0, 0) for key, value in final_metrics(run_dir, rows).items()]
         history = [Metric(key, value, 0, step) for key, value, step in history_points(run_dir)]
         for start in range(0, len(params), 100):  # MLflow takes at most 100 parameters per call
             client.log_batch(run_id, params=params[start:start + 100])
@@ -140,7 +140,8 @@ def _artifacts(run_dir: Path) -> list[Path]:
 
 
 def _artifact_root(uri: str) -> str | None:
-    """Artifacts beside a file store (``sqlite:///…/mlflow.db`` → ``…/mlflow-artifacts``), not in the working directory."""
+    """Artifacts beside a file store (``sqlite:///…/mlflow.db`` → ``…/mlflow-artifacts``), not in the working
+    directory."""
     if uri.startswith("sqlite:///"):
         return (Path(uri.removeprefix("sqlite:///")).parent / "mlflow-artifacts").resolve().as_uri()
     return None
@@ -176,8 +177,9 @@ def check_tracking(settings: DictConfig) -> None:
         raise ValueError(f"tracking.backend must be one of {list(BACKENDS)}, got {settings.backend!r}")
 
 
-def track_run(cfg: DictConfig, run_dir: Path) -> str | None:
-    """Log the finished ``run_dir`` as ``cfg.tracking`` says; returns the MLflow run id (None: not tracked).
+def track_run(cfg: DictConfig, run_dir: Path, rows: dict[str, dict[str, Any]]) -> str | None:
+    """Log the finished ``run_dir`` and the ``rows`` it prints as ``cfg.tracking`` says; returns the MLflow
+    run id (None: not tracked).
 
     Its experiment: ``tracking.experiment``, else the experiment config's name, else the task's; every run of
     a Hydra sweep goes to one experiment named after the sweep's folder. A failure is a warning: the run
@@ -200,8 +202,9 @@ def track_run(cfg: DictConfig, run_dir: Path) -> str | None:
     uri = settings.uri or sqlite_uri(output_dir / "mlflow.db")
     try:
         with _store_lock(uri):
-            run_id = log_run(run_dir, OmegaConf.to_container(cfg, resolve=True), uri=uri, experiment=str(experiment),
-                             run_name=_relative(run_dir, output_dir), tags={"git_commit": str(_git_commit())})
+            run_id = log_run(run_dir, OmegaConf.to_container(cfg, resolve=True), rows, uri=uri,
+                             experiment=str(experiment), run_name=_relative(run_dir, output_dir),
+                             tags={"git_commit": str(_git_commit())})
     except Exception as error:  # the run's work is on disk; tracking is a copy of it
         log.warning("MLflow tracking failed (%s: %s); the run folder %s is complete", type(error).__name__, error,
                     run_dir)

@@ -358,6 +358,90 @@ def _resumable(config: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in config.items() if key != "stop_after_epoch"}
 
 
+def _placed(model: nn.Module, config: TrainerConfig) -> tuple[torch.device, nn.Module]:
+    """``model`` on this process's device; returns the device and the module the training passes call
+    (wrapped in ``DistributedDataParallel`` under torchrun, compiled with ``config.compile``)."""
+    device = distributed.local_device(resolve_device(config.device))
+    model.to(device, memory_format=torch.channels_last if config.channels_last else torch.contiguous_format)
+    trained = model
+    if distributed.is_distributed():
+        # Same initial weights everywhere (DDP also broadcasts rank 0's), then per-process dropout
+        # and augmentation draws.
+        torch.manual_seed(config.seed + 7919 * distributed.rank())
+        _share_batchnorm_statistics(model, config, device)
+        trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                          find_unused_parameters=config.freeze_epochs > 0)
+    if config.compile:
+        trained = torch.compile(trained)
+    return device, trained
+
+
+def _objective(model: nn.Module, config: TrainerConfig, device: torch.device) -> tuple[nn.Module, Any, Any]:
+    """The loss (summed: each step normalises by its global batch's weight), the optimiser and the schedule."""
+    weights = torch.tensor(config.class_weights, dtype=torch.float32, device=device) if config.class_weights else None
+    criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=config.label_smoothing, reduction="sum")
+    optimizer = _build_optimizer(model, config)
+    scheduler = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.max_epochs)
+        if config.scheduler == "cosine" else None
+    )
+    return criterion, optimizer, scheduler
+
+
+def _resumed_state(resume_path: Path, read: bool, model: nn.Module, optimizer: Any, scheduler: Any,
+                   config: TrainerConfig) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The loop state and best weights to start from: fresh, or those of ``resume_path`` (read by rank 0 when
+    ``read``, shared with every process), whose model, optimiser, schedule and random state are restored."""
+    # best_score: the monitored quantity, lower is better (minus the accuracy for "val_acc").
+    state = {"epoch": 0, "best_score": math.inf, "best_val_loss": math.inf, "best_epoch": 0, "bad_epochs": 0,
+             "history": []}
+    best_state = copy.deepcopy(model.state_dict())
+    saved = distributed.broadcast_object(read_checkpoint(resume_path) if read and resume_path.is_file() else None)
+    if saved is None:
+        return state, best_state
+    # A setting added since that file was written had its default then.
+    if _resumable({**asdict(TrainerConfig()), **saved["config"]}) != _resumable(asdict(config)):
+        raise ValueError(f"{resume_path} was written with another trainer config; use a new run folder")
+    if len(saved["torch_rng"]) != distributed.world_size():
+        raise ValueError(f"{resume_path} was written by {len(saved['torch_rng'])} process(es), this run has "
+                         f"{distributed.world_size()}; resume with the same --nproc_per_node")
+    model.load_state_dict(saved["model_state"])
+    optimizer.load_state_dict(saved["optimizer_state"])
+    if scheduler is not None:
+        scheduler.load_state_dict(saved["scheduler_state"])
+    torch.set_rng_state(saved["torch_rng"][distributed.rank()])
+    log.info("resuming %s after epoch %d", resume_path.parent, saved["loop_state"]["epoch"])
+    return {"best_score": saved["loop_state"]["best_val_loss"], **saved["loop_state"]}, saved["best_state"]
+
+
+def _record_epoch(state: dict[str, Any], epoch: int, train: EpochStats, val: EpochStats, lr: float, seconds: float,
+                  monitor: str) -> bool:
+    """Add the epoch to ``state`` (its history row, the best epoch so far, the epochs without progress);
+    returns whether the epoch is the new best (``monitor: last``: every epoch is)."""
+    score = val.loss if monitor == "val_loss" else -val.accuracy
+    improved = score < state["best_score"] or monitor == "last"
+    if improved:
+        state.update(best_score=score, best_val_loss=val.loss, best_epoch=epoch, bad_epochs=0)
+    else:
+        state["bad_epochs"] += 1
+    state["epoch"] = epoch
+    state["history"].append({"epoch": epoch, "train_loss": train.loss, "train_acc": train.accuracy,
+                             "val_loss": val.loss, "val_acc": val.accuracy, "lr": lr, "seconds": seconds,
+                             "train_items_per_s": train.items_per_s, "train_data_wait_share": train.data_wait_share})
+    return improved
+
+
+def _write_progress(run_dir: Path, state: dict[str, Any], model: nn.Module, optimizer: Any, scheduler: Any,
+                    best_state: dict[str, torch.Tensor], rng_states: list[torch.Tensor], config: TrainerConfig) -> None:
+    """``history.csv`` and ``last.pt`` (everything a resumed run needs) after an epoch."""
+    with atomic_path(run_dir / "history.csv") as temporary:
+        pd.DataFrame(state["history"]).to_csv(temporary, index=False)
+    save_checkpoint({"model_state": model.state_dict(), "optimizer_state": optimizer.state_dict(),
+                     "scheduler_state": scheduler.state_dict() if scheduler else None,
+                     "best_state": best_state, "loop_state": state, "torch_rng": rng_states,
+                     "config": asdict(config)}, run_dir / RESUME_CHECKPOINT)
+
+
 def fit(
     model: nn.Module,
     train_set: Dataset,
@@ -385,48 +469,10 @@ def fit(
     writes = distributed.is_main_process()
     if writes:
         run_dir.mkdir(parents=True, exist_ok=True)
-    device = distributed.local_device(resolve_device(config.device))
-    model.to(device, memory_format=torch.channels_last if config.channels_last else torch.contiguous_format)
-    trained = model
-    if distributed.is_distributed():
-        # Same initial weights everywhere (DDP also broadcasts rank 0's), then per-process dropout
-        # and augmentation draws.
-        torch.manual_seed(config.seed + 7919 * distributed.rank())
-        _share_batchnorm_statistics(model, config, device)
-        trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                          find_unused_parameters=config.freeze_epochs > 0)
-    if config.compile:
-        trained = torch.compile(trained)
-    weights = torch.tensor(config.class_weights, dtype=torch.float32, device=device) if config.class_weights else None
-    criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=config.label_smoothing, reduction="sum")
-    optimizer = _build_optimizer(model, config)
-    scheduler = (
-        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.max_epochs)
-        if config.scheduler == "cosine" else None
-    )
-    # best_score: the monitored quantity, lower is better (minus the accuracy for "val_acc").
-    state = {"epoch": 0, "best_score": math.inf, "best_val_loss": math.inf, "best_epoch": 0, "bad_epochs": 0,
-             "history": []}
-    best_state = copy.deepcopy(model.state_dict())
-    resume_path = run_dir / RESUME_CHECKPOINT
-    saved = distributed.broadcast_object(read_checkpoint(resume_path) if resume and writes and resume_path.is_file()
-                                         else None)
-    if saved is not None:
-        # A setting added since that file was written had its default then.
-        if _resumable({**asdict(TrainerConfig()), **saved["config"]}) != _resumable(asdict(config)):
-            raise ValueError(f"{resume_path} was written with another trainer config; use a new run folder")
-        if len(saved["torch_rng"]) != distributed.world_size():
-            raise ValueError(f"{resume_path} was written by {len(saved['torch_rng'])} process(es), this run has "
-                             f"{distributed.world_size()}; resume with the same --nproc_per_node")
-        model.load_state_dict(saved["model_state"])
-        optimizer.load_state_dict(saved["optimizer_state"])
-        if scheduler is not None:
-            scheduler.load_state_dict(saved["scheduler_state"])
-        best_state = saved["best_state"]
-        state = {"best_score": saved["loop_state"]["best_val_loss"], **saved["loop_state"]}
-        torch.set_rng_state(saved["torch_rng"][distributed.rank()])
-        log.info("resuming %s after epoch %d", run_dir, state["epoch"])
-
+    device, trained = _placed(model, config)
+    criterion, optimizer, scheduler = _objective(model, config, device)
+    state, best_state = _resumed_state(run_dir / RESUME_CHECKPOINT, resume and writes, model, optimizer, scheduler,
+                                       config)
     started = time.perf_counter()
     stopped_early = state["bad_epochs"] >= config.patience
     # Counted by hand after each epoch: a loop that breaks mid-epoch (stop_after_epoch) counts it too.
@@ -441,30 +487,15 @@ def fit(
         train = _run_epoch(trained, _loader(train_set, config, True, epoch), criterion, device, config, optimizer,
                            desc=f"train {epoch}")
         val = _run_epoch(model, _loader(val_set, config, False), criterion, device, config, desc=f"val {epoch}")
-        train_loss, train_acc, val_loss, val_acc = train.loss, train.accuracy, val.loss, val.accuracy
         if scheduler is not None:
             scheduler.step()
-        score = val_loss if config.monitor == "val_loss" else -val_acc
-        if score < state["best_score"] or config.monitor == "last":
-            state.update(best_score=score, best_val_loss=val_loss, best_epoch=epoch, bad_epochs=0)
+        if _record_epoch(state, epoch, train, val, lr, time.perf_counter() - tic, config.monitor):
             best_state = copy.deepcopy(model.state_dict())
-        else:
-            state["bad_epochs"] += 1
-        state["epoch"] = epoch
-        state["history"].append({"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
-                                 "val_loss": val_loss, "val_acc": val_acc, "lr": lr,
-                                 "seconds": time.perf_counter() - tic, "train_items_per_s": train.items_per_s,
-                                 "train_data_wait_share": train.data_wait_share})
         stopped_early = state["bad_epochs"] >= config.patience
         rng_states = distributed.all_gather_object(torch.get_rng_state())
         if writes:
-            with atomic_path(run_dir / "history.csv") as temporary:
-                pd.DataFrame(state["history"]).to_csv(temporary, index=False)
-            save_checkpoint({"model_state": model.state_dict(), "optimizer_state": optimizer.state_dict(),
-                             "scheduler_state": scheduler.state_dict() if scheduler else None,
-                             "best_state": best_state, "loop_state": state, "torch_rng": rng_states,
-                             "config": asdict(config)}, resume_path)
-        epochs.set_postfix(train_loss=f"{train_loss:.3f}", val_loss=f"{val_loss:.3f}", val_acc=f"{val_acc:.3f}",
+            _write_progress(run_dir, state, model, optimizer, scheduler, best_state, rng_states, config)
+        epochs.set_postfix(train_loss=f"{train.loss:.3f}", val_loss=f"{val.loss:.3f}", val_acc=f"{val.accuracy:.3f}",
                            refresh=False)
         epochs.update()
         if config.stop_after_epoch is not None and epoch >= config.stop_after_epoch:

@@ -148,7 +148,8 @@ def run_fusion(cfg: DictConfig, run_dir: Path, covers_dir: Path, audio_dir: Path
     test_rows = (pairs["split"] == "test").to_numpy()
     method, fit_on = settings.method, settings.fit_on
     if fit_on == "crossfit" and not crossfit_dirs:
-        raise ValueError("fusion.fit_on=crossfit needs the inner folds' branch outputs (scripts/run.py makes them)")
+        raise ValueError("fusion.fit_on=crossfit needs the inner folds' branch outputs "
+                         "(fusion.protocol.crossfit makes them)")
 
     def fitted(x_fit: np.ndarray, y_fit: np.ndarray):  # never sees a test item
         head = create_fusion_head(method, random_state=seed, weight=settings.weight)

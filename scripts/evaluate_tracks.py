@@ -15,6 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from engine.cli import report_user_errors
+from engine.settings import with_values
 from data.config import register_configs
 
 register_configs()
@@ -29,7 +30,7 @@ def main(cfg: DictConfig) -> None:
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     if cfg.data.get("catalogue") and has_urls(cfg.data.catalogue):
-        cfg.data.loader.path = str(fetch_catalogue(cfg.data.catalogue, cfg.paths.download_dir))
+        cfg = with_values(cfg, {"data.loader.path": str(fetch_catalogue(cfg.data.catalogue, cfg.paths.download_dir))})
     rows = evaluate_tracks(cfg.model_dir, instantiate(cfg.data.loader), run_dir, cache_dir=cfg.paths.cache_dir,
                            device=cfg.device, n_jobs=int(cfg.n_jobs), seed=int(cfg.seed),
                            context={"data": cfg.data.name})

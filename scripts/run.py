@@ -16,13 +16,15 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
 from engine import distributed
 from engine.cli import report_user_errors
 from data.config import check_crossfit_possible, register_configs, split_spec
 from engine.selection import CANDIDATES_DIR, write_selection_summary
 from engine.tracking import check_tracking, track_run
+from engine.settings import with_values
+from fusion.protocol import run_folds, run_once
 
 register_configs()
 log = logging.getLogger("genrefusion")
@@ -62,81 +64,19 @@ def main(cfg: DictConfig) -> float:
             if has_urls(cfg.data.catalogue):  # fetched once, by rank 0; the others wait for its table
                 fetched = fetch_catalogue(cfg.data.catalogue, cfg.paths.download_dir) \
                     if distributed.is_main_process() else None
-                cfg.data.loader.path = str(distributed.broadcast_object(fetched))
+                cfg = with_values(cfg, {"data.loader.path": str(distributed.broadcast_object(fetched))})
         if cfg.split.protocol == "kfold" and cfg.split.fold is None:
-            rows = run_folds(cfg, run_dir)
+            rows = run_folds(cfg, run_dir, int(cfg.split.folds))
         else:
             rows = run_once(cfg, run_dir)
     finally:
         distributed.shut_down()
     if distributed.launched_rank() == 0:
         figures = [path for path in sorted(run_dir.glob("**/confusion*.png")) if CANDIDATES_DIR not in path.parts]
-        print_results(rows, run_dir, figures=figures[:6], selections=write_selection_summary(run_dir))
-        track_run(cfg, run_dir)
+        selections = write_selection_summary(run_dir)
+        track_run(cfg, run_dir, rows)  # before the table, so that "Run folder: …" stays the last line
+        print_results(rows, run_dir, figures=figures[:6], selections=selections)
     return list(rows.values())[-1]["accuracy"]  # the fused row when fusion ran (multirun objective)
-
-
-def run_once(cfg: DictConfig, run_dir: Path) -> dict:
-    """The branches the config asks for, then fusion; returns the rows to print."""
-    from audio.train import train_audio
-    from covers.train import display_name, train_covers
-
-    rows = {}
-    if "audio" in cfg.branches:
-        rows[f"audio-only ({cfg.audio.name})"] = train_audio(cfg, run_dir / "audio")
-    if "covers" in cfg.branches:
-        rows[f"covers-only ({display_name(cfg.covers)})"] = train_covers(cfg, run_dir / "covers")
-    if "fusion" in cfg.branches:
-        from fusion.run import run_fusion
-
-        crossfit = _crossfit(cfg, run_dir / "crossfit") if cfg.fusion.fit_on == "crossfit" else None
-        rows = run_fusion(cfg, run_dir / "fusion", run_dir / "covers", run_dir / "audio", names=_names(cfg),
-                          crossfit_dirs=crossfit)
-    return rows
-
-
-def _crossfit(cfg: DictConfig, folder: Path) -> list[tuple[Path, Path]]:
-    """Both branches trained once per inner fold of the training items (each predicting its held-out fold),
-    for the fusion head to be fitted on their out-of-fold predictions."""
-    from audio.train import train_audio
-    from covers.train import train_covers
-
-    dirs = []
-    for fold in range(cfg.fusion.crossfit_folds):
-        inner = folder / f"fold-{fold}"
-        with open_dict(cfg):
-            cfg.inner_fold = {"fold": fold, "folds": cfg.fusion.crossfit_folds}
-        try:
-            train_audio(cfg, inner / "audio")
-            train_covers(cfg, inner / "covers")
-        finally:
-            with open_dict(cfg):
-                del cfg["inner_fold"]
-        dirs.append((inner / "covers", inner / "audio"))
-    return dirs
-
-
-def run_folds(cfg: DictConfig, run_dir: Path) -> dict:
-    """Every fold of ``split=kfold`` in ``fold-<k>/``, then each fold's rows and the pooled out-of-fold rows."""
-    from fusion.folds import pool_folds
-
-    fold_rows = []
-    for fold in range(cfg.split.folds):
-        cfg.split.fold = fold
-        fold_rows.append(run_once(cfg, run_dir / f"fold-{fold}"))
-    cfg.split.fold = None
-    if "fusion" not in cfg.branches:
-        return {f"{name} · fold {k}": m for k, rows in enumerate(fold_rows) for name, m in rows.items()}
-    labels = list(cfg.labels.classes)
-    pairing = next(iter(fold_rows[0].values()))["pairing"]
-    return pool_folds(run_dir, [run_dir / f"fold-{k}" / "fusion" for k in range(cfg.split.folds)], fold_rows,
-                      labels, pairing, seed=int(cfg.seed))
-
-
-def _names(cfg: DictConfig) -> tuple[str, str]:
-    from covers.train import display_name
-
-    return f"image-only ({display_name(cfg.covers)})", f"audio-only ({cfg.audio.name})"
 
 
 if __name__ == "__main__":
