@@ -1,7 +1,7 @@
 """Batch-scoring throughput in steady state: tracks/s of scripts/score.py's path, and what bounds it.
 
 Usage: .venv/bin/python benchmarks/score_throughput.py MODEL_DIR [n_rows=2000] [n_jobs=2] [source=gtzan|paired]
-       [batch_size=auto] [distinct=48]
+       [batch_size=auto] [distinct=48] [cover_precision=auto|bf16|fp32]
 
 MODEL_DIR is a main-job run folder (covers/, audio/, fusion/); it is timed whole (fused) and
 branch by branch. ``distinct`` real clips and covers (``gtzan``: GTZAN's Ogg clips at 22,050 Hz
@@ -13,7 +13,8 @@ symbolic link), with caching off, so nothing computed for one row is reused for 
 Reported per model: start-up (model loading and feature workers, before the first row) apart from
 the job, the seconds to the first written batch, steady-state tracks/s after it, and each pipeline
 stage's busy share of the job's time (the stage nearest 1.0 bounds it). Writes
-``benchmarks/results/score_throughput[_cuda][_paired].json`` with the machine it ran on.
+``benchmarks/results/score_throughput[_cuda][_paired][_bf16].json`` with the machine it ran on
+(``_bf16``: the cover network in bf16 where the device's default, ``auto``, is not).
 """
 from __future__ import annotations
 
@@ -82,7 +83,7 @@ def track_table(n_rows: int, folder: Path, covers: list[str], audio: list[str]) 
 
 
 def main(model_dir: str, n_rows: int = 2000, n_jobs: int = 2, source: str = "gtzan", batch_size: str = "auto",
-         distinct: int = 48) -> dict:
+         distinct: int = 48, cover_precision: str = "auto") -> dict:
     covers, audio = source_files(source, distinct)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     runs = {}
@@ -97,7 +98,7 @@ def main(model_dir: str, n_rows: int = 2000, n_jobs: int = 2, source: str = "gtz
                 start_workers(n_jobs)
             startup = time.perf_counter() - start
             summary = score_table(tracks, folder, scratch / "scores.csv", batch_size=batch_size, cache_dir=None,
-                                  n_jobs=n_jobs, device="auto", progress=True)
+                                  n_jobs=n_jobs, device="auto", progress=True, cover_precision=cover_precision)
             scores = pd.read_csv(scratch / "scores.csv", keep_default_na=False)
         runs[name] = {"model_dir": str(folder), "output_rows": len(scores), "startup_seconds": round(startup, 2),
                       "seconds": summary["seconds"], "seconds_to_first_batch": summary.get("seconds_to_first_batch"),
@@ -111,11 +112,13 @@ def main(model_dir: str, n_rows: int = 2000, n_jobs: int = 2, source: str = "gtz
                 "cover network, audio model, fusion, write; caching off, every row's files under their own names; "
                 "1 row in 20 broken on purpose; start-up (model load, feature workers) timed apart",
         "source": source, "distinct_files": len(audio), "n_rows": n_rows, "n_jobs": n_jobs, "device": device,
-        "runs": runs,
-        "command": f"python benchmarks/score_throughput.py MODEL_DIR {n_rows} {n_jobs} {source} {batch_size} {distinct}",
+        "cover_precision": cover_precision, "runs": runs,
+        "command": f"python benchmarks/score_throughput.py MODEL_DIR {n_rows} {n_jobs} {source} {batch_size} {distinct}"
+                   + (f" {cover_precision}" if cover_precision != "auto" else ""),
         "machine": machine_info(),
     }
-    name = "score_throughput" + ("_cuda" if device == "cuda" else "") + ("_paired" if source == "paired" else "")
+    name = "score_throughput" + ("_cuda" if device == "cuda" else "") + ("_paired" if source == "paired" else "") \
+        + ("_bf16" if cover_precision == "bf16" and device != "cuda" else "")
     out = Path(__file__).resolve().parent / "results" / f"{name}.json"
     write_json(out, result)
     print(json.dumps({k: v for k, v in result.items() if k != "machine"}, indent=2))
@@ -124,4 +127,5 @@ def main(model_dir: str, n_rows: int = 2000, n_jobs: int = 2, source: str = "gtz
 
 if __name__ == "__main__":
     arguments = sys.argv[1:]
-    main(arguments[0], *(int(a) for a in arguments[1:3]), *arguments[3:5], *(int(a) for a in arguments[5:6]))
+    main(arguments[0], *(int(a) for a in arguments[1:3]), *arguments[3:5], *(int(a) for a in arguments[5:6]),
+         *arguments[6:7])

@@ -110,13 +110,15 @@ def predict_cover_inputs(model: CoverModel, x: np.ndarray, device: str = "auto")
     return predict_decoded_covers(model, x, device)
 
 
-def predict_decoded_covers(model: CoverModel, x: np.ndarray, device: str = "auto") -> np.ndarray:
+def predict_decoded_covers(model: CoverModel, x: np.ndarray, device: str = "auto",
+                           precision: str = "auto") -> np.ndarray:
     """Class probabilities ``(n, k)`` of decoded covers ``uint8 (n, s, s, 3)`` through the whole network
-    (backbone and head), whatever the mode: what batch scoring runs where decoding happened elsewhere."""
+    (backbone and head), whatever the mode, in ``precision`` (``engine.inference.PRECISIONS``): what batch
+    scoring runs where decoding happened elsewhere."""
     if len(x) == 0:
         return np.zeros((0, len(model.labels)))
     return predict_proba(model.network, CoverImages(x, np.zeros(len(x), dtype=np.int64)), device=device,
-                         channels_last=True)
+                         channels_last=True, precision=precision)
 
 
 def predict_covers(model: CoverModel, items: pd.DataFrame, cache_dir: str | Path | None = None,

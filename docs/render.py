@@ -6,6 +6,7 @@ block between the markers is what :func:`render` makes of the files the argument
 - ``comparison results/<folder>``: a run's image / audio / fused comparison (``metrics_pairing-*.json``);
 - ``include results/<file>.md``: a table a command wrote as markdown (sweep summaries, the covers table);
 - ``paired results/<file>.json …``: paired comparisons written by ``genrefusion compare --out``;
+- ``runs results/<folder> …``: one branch run per folder (its ``metrics.json``): test accuracy, macro-F1;
 - ``speed``: the benchmark result files under ``benchmarks/results/`` (each with its machine and commit).
 
 Usage: .venv/bin/python docs/render.py              rewrite every page's blocks
@@ -76,6 +77,17 @@ def paired(*files: str) -> str:
     return "\n".join(lines)
 
 
+def runs(*folders: str) -> str:
+    """One row per branch run folder: its model, labels, split, test items, accuracy with its interval, macro-F1."""
+    lines = ["| run folder | model | classes | split | n | accuracy [95% CI] | macro-F1 |", "|---|---|---|---|---|---|---|"]
+    for folder in folders:
+        metrics = json.loads((ROOT / folder / "metrics.json").read_text())
+        lines.append(f"| `{folder}` | {metrics['model']} | {len(metrics['labels'])} | {metrics['protocol']} | "
+                     f"{metrics['n']} | {metrics['accuracy']:.3f} {_interval(metrics['ci95']['accuracy'])} | "
+                     f"{metrics['macro_f1']:.3f} |")
+    return "\n".join(lines)
+
+
 def _load(name: str) -> dict | None:
     path = RESULTS / name
     return json.loads(path.read_text()) if path.is_file() else None
@@ -114,11 +126,13 @@ def speed() -> str:
         lines += ["", "Largest relative difference from the one-STFT reference, tempo aside (tempos differing): "
                   + "; ".join(f"{path.replace('_', ' ')} {a['max_relative_difference']:.1e} ({a['tempos_differing']})"
                               for path, a in agreement.items()) + ".", *_note(features)]
-    for name in ("score_throughput.json", "score_throughput_paired.json", "score_throughput_cuda.json",
-                 "score_throughput_cuda_paired.json"):
+    for name in ("score_throughput.json", "score_throughput_bf16.json", "score_throughput_paired.json",
+                 "score_throughput_cuda.json", "score_throughput_cuda_paired.json"):
         if not (scoring := _load(name)):
             continue
-        lines += [f"**Batch scoring, steady state** (`{scoring['command']}`; {scoring['n_rows']} rows tiled from "
+        precision = f", cover network in {scoring['cover_precision']}" if scoring.get("cover_precision", "auto") != "auto" \
+            else ""
+        lines += [f"**Batch scoring, steady state{precision}** (`{scoring['command']}`; {scoring['n_rows']} rows tiled from "
                   f"{scoring['distinct_files']} {scoring['source']} clips and covers, caching off, "
                   f"{scoring['n_jobs']} feature processes; {_machine(scoring)}):", "",
                   "| model | batch | start-up s | s to first batch | steady tracks/s | job tracks/s | busiest stages "
@@ -155,7 +169,7 @@ def speed() -> str:
     return "\n".join(lines).strip()
 
 
-RENDERERS = {"comparison": comparison, "include": include, "paired": paired, "speed": speed}
+RENDERERS = {"comparison": comparison, "include": include, "paired": paired, "runs": runs, "speed": speed}
 
 
 def render(spec: str) -> str:

@@ -67,8 +67,9 @@ class ScoringJob:
 
 def plan_job(input_table: str | Path, model_dir: str | Path, output: str | Path, shard: str = "0/1",
              catalogue: str | Path | None = None, download_dir: str | Path | None = None,
-             batch_size: int = 64) -> ScoringJob:
-    """Load the model, read and resolve the table, and claim the output (resuming a previous run of this job).
+             batch_size: int = 64, cover_precision: str = "auto") -> ScoringJob:
+    """Load the model (its cover network to run in ``cover_precision``), read and resolve the table, and claim
+    the output (resuming a previous run of this job).
 
     The caller releases the output (``job.writer.release()``) when the job ends, finished or not.
     """
@@ -80,7 +81,7 @@ def plan_job(input_table: str | Path, model_dir: str | Path, output: str | Path,
         raise ValueError(f"output {output} is the table being scored (input or catalogue); give another path")
     if output.exists() and not output.is_file():
         raise ValueError(f"output {output} is a folder, not a file: give a file path (e.g. {output / 'scores.csv'})")
-    scorer = load_track_scorer(model_dir)
+    scorer = load_track_scorer(model_dir, cover_precision)
     table, _ = read_track_table(input_table)
     mine = resolve_ids(table[table["row"] % count == index], catalogue)
     writer = open_scores(output)
@@ -171,7 +172,8 @@ def score_table(input_table: str | Path, model_dir: str | Path, output: str | Pa
                 batch_size: int | str = "auto", catalogue: str | Path | None = None,
                 cache_dir: str | Path | None = None, download_dir: str | Path | None = None, device: str = "auto",
                 n_jobs: int = 1, progress: bool = True, also_csv: bool = False,
-                depth: int = PIPELINE_DEPTH, download: RetryPolicy | None = None) -> dict[str, Any]:
+                depth: int = PIPELINE_DEPTH, download: RetryPolicy | None = None,
+                cover_precision: str = "auto") -> dict[str, Any]:
     """Score this shard's rows of ``input_table`` into ``output`` (``.csv``, or ``.parquet``), here,
     resuming after rows already written.
 
@@ -181,6 +183,7 @@ def score_table(input_table: str | Path, model_dir: str | Path, output: str | Pa
     computed there in batches); ``cache_dir`` caches them (nothing is cached without it).
     ``batch_size``: rows per batch, or ``auto`` (:data:`AUTO_BATCH_SIZE`). ``download``: the limits of
     URL downloads (deadline, least rate, size; :class:`acquire.http.RetryPolicy`'s defaults without it).
+    ``cover_precision``: the cover network's (``engine.inference.PRECISIONS``; ``auto`` is bf16 on a GPU only).
     ``also_csv`` writes a
     Parquet output's CSV copy beside it. Returns the job's summary, with each stage's busy share.
     """
@@ -188,7 +191,7 @@ def score_table(input_table: str | Path, model_dir: str | Path, output: str | Pa
     batch_size = resolve_batch_size(batch_size, resolved)
     feature_device = str(resolved) if resolved.type == "cuda" else None
     cache = str(cache_dir) if cache_dir else None
-    job = plan_job(input_table, model_dir, output, shard, catalogue, download_dir, batch_size)
+    job = plan_job(input_table, model_dir, output, shard, catalogue, download_dir, batch_size, cover_precision)
     try:
         stages = scoring_stages(job, Downloader(job.download_dir, download), cache, n_jobs, feature_device, device)
         clock = StageClock()

@@ -44,10 +44,10 @@ def _prepare_block(block: pd.DataFrame, spec: ScoringInputs, cache_dir: str | No
 class _ScoringActor:
     """Holds the model folder's models (loaded once) and scores prepared batches."""
 
-    def __init__(self, model_dir: str, device: str) -> None:
+    def __init__(self, model_dir: str, device: str, cover_precision: str) -> None:
         import torch
 
-        self.scorer = load_track_scorer(model_dir)
+        self.scorer = load_track_scorer(model_dir, cover_precision)
         self.device = device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
@@ -60,7 +60,8 @@ def score_table_ray(input_table: str | Path, model_dir: str | Path, output: str 
                     download_dir: str | Path | None = None, device: str = "auto", address: str | None = None,
                     num_cpus: int | None = None, actors: int = 1, gpus_per_actor: float | None = None,
                     actor_cpus: float = 0.5, progress: bool = True, also_csv: bool = False,
-                    download: RetryPolicy | None = None, features_on_actors: bool | None = None) -> dict[str, Any]:
+                    download: RetryPolicy | None = None, features_on_actors: bool | None = None,
+                    cover_precision: str = "auto") -> dict[str, Any]:
     """Score this shard's rows of ``input_table`` into ``output`` on Ray; the arguments shared with
     :func:`scoring.jobs.score_table` mean the same.
 
@@ -74,7 +75,7 @@ def score_table_ray(input_table: str | Path, model_dir: str | Path, output: str 
     import ray.data
 
     batch_size = resolve_batch_size(batch_size, resolve_device(device))
-    job = plan_job(input_table, model_dir, output, shard, catalogue, download_dir, batch_size)
+    job = plan_job(input_table, model_dir, output, shard, catalogue, download_dir, batch_size, cover_precision)
     try:
         if actors < 1:
             raise ValueError(f"ray.actors must be >= 1, got {actors}")
@@ -115,7 +116,8 @@ def score_table_ray(input_table: str | Path, model_dir: str | Path, output: str 
                                    compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=gpus,
                                    num_cpus=actor_cpus,
                                    fn_constructor_kwargs={"model_dir": str(Path(model_dir).resolve()),
-                                                          "device": device}))
+                                                          "device": device,
+                                                          "cover_precision": cover_precision}))
             bar = progress_bar(desc=f"score shard {job.shard} (ray)", total=len(job.todo), unit="track",
                                enabled=progress)
             for out in scored.iter_batches(batch_size=None, batch_format="pandas"):

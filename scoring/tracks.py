@@ -28,7 +28,8 @@ from audio.extract import DecodedFeatureWindows
 from audio.predict import AudioModel, ClipInputs, clip_inputs, decode_clip_features, load_audio_model, predict_clips
 from covers.inputs import decode_covers
 from covers.predict import CoverModel, load_cover_model, predict_decoded_covers
-from engine.inference import BEST_CHECKPOINT, RESUME_CHECKPOINT, read_checkpoint, resolve_device, unfinished_training
+from engine.inference import (BEST_CHECKPOINT, RESUME_CHECKPOINT, check_precision, read_checkpoint, resolve_device,
+                              unfinished_training)
 from engine.predictions import present, probability_columns, with_predictions
 from fusion.heads import FUSION_HEAD, FusionHead, fusion_inputs, load_fusion_head
 
@@ -44,14 +45,18 @@ class TrackScorer:
     model_dir: Path
     #: The fusion head's registry name (``weighted``, ``logreg``, …) when there is one.
     fusion_method: str | None = None
+    #: The cover network's precision (``engine.inference.PRECISIONS``): ``auto`` is bf16 on a GPU only.
+    cover_precision: str = "auto"
 
     @property
     def modalities(self) -> list[str]:
         return [name for name, part in (("cover", self.cover_model), ("audio", self.audio_model)) if part is not None]
 
 
-def load_track_scorer(model_dir: str | Path) -> TrackScorer:
-    """A main-job run folder (``covers/``, ``audio/``, ``fusion/``) or one branch's folder → :class:`TrackScorer`."""
+def load_track_scorer(model_dir: str | Path, cover_precision: str = "auto") -> TrackScorer:
+    """A main-job run folder (``covers/``, ``audio/``, ``fusion/``) or one branch's folder → :class:`TrackScorer`
+    whose cover network runs in ``cover_precision``."""
+    check_precision(cover_precision)
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise FileNotFoundError(f"model folder {model_dir} does not exist")
@@ -88,7 +93,8 @@ def load_track_scorer(model_dir: str | Path) -> TrackScorer:
                                     "fusion head, or score one modality by giving the covers/ or audio/ folder")
         fusion_head = load_fusion_head(head_path)
         fusion_method = json.loads(head_path.read_text())["method"]
-    return TrackScorer(next(iter(labels.values())), cover_model, audio_model, fusion_head, model_dir, fusion_method)
+    return TrackScorer(next(iter(labels.values())), cover_model, audio_model, fusion_head, model_dir, fusion_method,
+                       cover_precision)
 
 
 @dataclass(frozen=True)
@@ -257,7 +263,7 @@ def cover_scores(scorer: TrackScorer, covers: CoverBatch | None, n: int, device:
     if scorer.cover_model is None or covers is None:
         return np.full((n, len(scorer.labels)), np.nan), [""] * n
     proba = np.full((n, len(scorer.labels)), np.nan)
-    proba[covers.positions] = predict_decoded_covers(scorer.cover_model, covers.pixels, device)
+    proba[covers.positions] = predict_decoded_covers(scorer.cover_model, covers.pixels, device, scorer.cover_precision)
     return proba, covers.errors
 
 

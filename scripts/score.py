@@ -33,7 +33,8 @@ def main(cfg: DictConfig) -> None:
     output = Path(cfg.output) if cfg.output else Path(HydraConfig.get().runtime.output_dir) / default_name
     common = {"shard": str(cfg.shard), "batch_size": cfg.batch_size, "catalogue": cfg.catalogue,
               "cache_dir": cfg.paths.cache_dir, "download_dir": cfg.download_dir, "device": cfg.device,
-              "progress": cfg.progress, "also_csv": cfg.also_csv, "download": download_policy(cfg.download)}
+              "progress": cfg.progress, "also_csv": cfg.also_csv, "download": download_policy(cfg.download),
+              "cover_precision": cfg.cover_precision}
     if cfg.engine == "ray":
         from scoring.ray_engine import score_table_ray
 

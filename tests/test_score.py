@@ -202,3 +202,26 @@ def test_scoring_mistakes_are_one_readable_line_and_leave_the_tables_alone(tmp_p
     assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
     assert len(result.stderr.strip().splitlines()) == 2 and "Traceback" not in result.stderr  # the error, the hint
     assert all(path.read_text() == text for path, text in tables.items())
+
+
+def test_the_cover_network_in_bf16_scores_as_float32_does_within_its_rounding(main_job_run, covers_loaded,
+                                                                               data_root, cover_server, tmp_path):
+    """``cover_precision=bf16`` (opt-in on a CPU): the same rows, statuses and predictions as float32 here, the
+    cover probabilities within bf16's rounding (not bit-identical: the bf16 path ran); a typo is refused."""
+    _, run_dir = main_job_run
+    table, catalogue, _ = track_table(tmp_path, covers_loaded, data_root, cover_server)
+    scores = {}
+    for precision in ("fp32", "bf16"):
+        out = tmp_path / f"scores-{precision}.csv"
+        score_table(table, run_dir / "covers", out, batch_size=8, catalogue=catalogue, progress=False,
+                    cover_precision=precision)
+        scores[precision] = pd.read_csv(out, keep_default_na=False)
+    fp32, bf16 = scores["fp32"], scores["bf16"]
+    assert fp32["status"].tolist() == bf16["status"].tolist() and (fp32["status"] == "ok").sum() >= 5
+    columns = [c for c in fp32.columns if c.startswith("p_")]
+    ok = (fp32["status"] == "ok").to_numpy()
+    a, b = (frame.loc[ok, columns].astype(float).to_numpy() for frame in (fp32, bf16))
+    np.testing.assert_allclose(a, b, atol=0.03)
+    assert not np.array_equal(a, b)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        score_table(table, run_dir / "covers", tmp_path / "x.csv", cover_precision="half")
