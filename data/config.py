@@ -3,6 +3,7 @@ generated ``labels`` group, the composed config, each branch's data and split, a
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from data.prepare import PreparedData, prepare_items
 from data.root import resolve_data_root
 from data.splits import SplitSpec
 from engine.settings import BranchTrainer, checked_dataclass
+from engine.trainer import TrainerConfig
 
 
 def _data_path(relative: str, *, _root_: DictConfig) -> str:
@@ -28,6 +30,8 @@ def register_configs() -> None:
     - the resolver ``${data_root:covers/covers.csv}`` → that file under the resolved data root;
     - the ``labels`` config group, one entry per :data:`data.labels.LABEL_SETS` (its one
       definition), so ``labels=paper5`` works without a YAML copy that could disagree with it;
+    - ``trainer/base``: :class:`engine.trainer.TrainerConfig`'s defaults, which ``trainer/paper`` extends (the
+      defaults live once, in the dataclass);
     - ``branch_trainer/overlay``: a branch's own trainer settings (:data:`engine.settings.BranchTrainer`),
       which every branch config's ``trainer`` extends.
     """
@@ -40,6 +44,7 @@ def register_configs() -> None:
         store.store(group="labels", name=label_set.name,
                     node={"name": label_set.name, "classes": list(label_set.classes),
                           "aliases": dict(label_set.aliases)})
+    store.store(group="trainer", name="base", node=asdict(TrainerConfig()))
     store.store(group="branch_trainer", name="overlay", node=BranchTrainer)
 
 
