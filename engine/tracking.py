@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,9 +29,9 @@ from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger("genrefusion")
 
-#: Folders whose models are not the run's own (trained only to be chosen from, or to fit the fusion head).
 #: The tracking backends: ``tracking=mlflow`` (the default) or ``tracking=none``.
 BACKENDS = ("mlflow", "none")
+#: Folders whose models are not the run's own (trained only to be chosen from, or to fit the fusion head).
 SKIPPED_FOLDERS = frozenset({"candidates", "crossfit"})
 #: MLflow's limits: values of one parameter, entries of one ``log_batch`` call.
 PARAM_VALUE_LIMIT, BATCH_LIMIT = 6000, 1000
@@ -51,11 +52,13 @@ def flatten_config(node: Any, prefix: str = "") -> dict[str, str]:
 
 
 def role(row_name: str) -> str:
-    """The metric prefix of a printed comparison row: majority, image_only, audio_only or fused."""
+    """The metric prefix of a printed row: majority, image_only, audio_only or fused; a k-fold run without
+    fusion prints a row per fold (``… · fold 2``), whose prefix names the fold (``fold-2/audio_only``)."""
+    fold = re.search(r" · fold (\d+)$", row_name)
     for start, prefix in (("majority", "majority"), ("image-only", "image_only"), ("covers-only", "image_only"),
                           ("audio-only", "audio_only"), ("fused", "fused")):
         if row_name.startswith(start):
-            return prefix
+            return f"fold-{fold.group(1)}/{prefix}" if fold else prefix
     return "".join(c if c.isalnum() else "_" for c in row_name.split(" (")[0]).strip("_")
 
 
