@@ -57,5 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         runpy.run_path(str(script), run_name="__main__")
     except SystemExit as exit_:
-        return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+        if exit_.code is None or isinstance(exit_.code, int):
+            return exit_.code or 0
+        print(exit_.code, file=sys.stderr)  # sys.exit("message"): said, as Python says it, with status 1
+        return 1
     return 0

@@ -24,3 +24,16 @@ def test_a_subcommand_keeps_its_scripts_arguments_and_exit_status(tmp_path):
     run = subprocess.run([GENREFUSION, "run", f"paths.root_dir={tmp_path}", "split=nope"], capture_output=True,
                          text=True, timeout=120, cwd=tmp_path)
     assert run.returncode != 0 and "split" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_a_script_that_exits_with_a_message_says_it_through_the_command(tmp_path, monkeypatch, capsys):
+    import sys
+
+    import genrefusion.cli as cli
+
+    monkeypatch.setattr(sys, "argv", list(sys.argv))  # the command sets the script's own argv
+    (tmp_path / "scripts").mkdir()
+    (tmp_path / "scripts" / "run.py").write_text("import sys\nsys.exit('error: no such run folder')\n")
+    monkeypatch.setattr(cli, "ROOT", tmp_path)
+    assert cli.main(["run"]) == 1
+    assert "error: no such run folder" in capsys.readouterr().err
