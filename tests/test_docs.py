@@ -61,3 +61,18 @@ def test_no_page_needs_a_plus_to_set_a_key():
     """Every setting the docs use has a default in its config group (`+key=` appends a key Hydra lacks)."""
     for page in _renderer().PAGES:
         assert not re.findall(r"(?<![\w+\-])\+[a-z_]+\.[a-z_.]+=", page.read_text()), page.name
+
+
+def _slug(heading: str) -> str:
+    """A heading's anchor as GitHub makes it: lower case, punctuation dropped, spaces as hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_link_between_pages_reaches_a_page_and_a_heading():
+    pages = _renderer().PAGES
+    anchors = {page.resolve(): {_slug(h) for h in re.findall(r"^#+ (.+)$", page.read_text(), re.M)} for page in pages}
+    for page in pages:
+        for target, anchor in re.findall(r"\]\(([^)#\s]*\.md)?#?([\w\-]*)\)", page.read_text()):
+            linked = (page.parent / target).resolve() if target else page.resolve()
+            assert linked.is_file(), (page.name, target)
+            assert not anchor or anchor in anchors[linked], (page.name, target, anchor)
