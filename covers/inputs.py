@@ -32,8 +32,13 @@ def pixels_first(images: np.ndarray) -> torch.Tensor:
 
 
 def _content_hash(row: pd.Series) -> str:
-    md5 = row.get("md5", "")
-    return md5 if isinstance(md5, str) and md5 else file_digest(row["cover_path"])
+    """The digest of the file's bytes: ``file_md5`` where a table gives it apart from ``md5`` (a cover pack's
+    ``md5`` names the original cover, whose pixels differ), else ``md5``, else computed."""
+    for column in ("file_md5", "md5"):
+        digest = row.get(column, "")
+        if isinstance(digest, str) and digest:
+            return digest
+    return file_digest(row["cover_path"])
 
 
 def _per_cover(items: pd.DataFrame, namespace: str, params: dict, cache_dir: str | Path | None, size: int,

@@ -7,11 +7,18 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
+import os
+import time
+from collections.abc import Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from covers.backbones import create_backbone
@@ -19,7 +26,8 @@ from covers.inputs import backbone_embeddings
 from covers.train import train_covers
 from data.config import compose_config, prepare_from_config
 from engine.inference import RESUME_CHECKPOINT
-from engine.run import fit_estimator_and_report
+from engine.io import write_json
+from engine.run import fit_estimator_and_report, machine_info
 
 log = logging.getLogger(__name__)
 #: Test accuracy the paper reports (ResNet50 M3-style fine-tuning; Random Forest on 3 classes).
@@ -28,6 +36,8 @@ PAPER = {"paper3": {"cnn": 0.74, "random_forest": 0.5057}, "paper4": {"cnn": 0.6
 DISCOGS_ONLY = {"paper3"}
 #: What a finished row leaves behind: its report, and the predictions M4/M5 take class weights from.
 FINISHED_OUTPUTS = ("metrics.json", "predictions.csv")
+#: Written beside a row's report when it finishes: the command, machine and seconds that made it.
+ROW_RECORD = "row.json"
 
 
 def _data_overrides(label_set: str) -> list[str]:
@@ -71,52 +81,166 @@ def source_confound(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     return result
 
 
-def reproduce(out_dir: Path, label_sets: list[str], protocols: list[str], mode: str, backbone: str,
-              extra_overrides: list[str] | None = None) -> pd.DataFrame:
-    """Run every row of the table; each model writes its own run folder under ``out_dir``.
+def cell_overrides(label_set: str, protocol: str, extra_overrides: Sequence[str] = ()) -> list[str]:
+    """The overrides of one cell of the table (a label set under a protocol), before the model's."""
+    return [f"labels={label_set}", f"split={protocol}", "branches=[covers]", *_data_overrides(label_set),
+            *extra_overrides]
 
-    Returns one row per (label set, protocol, model) with accuracy, its 95% interval, n and
-    ``reused`` (finished by an earlier call with the same config, see :func:`finished_metrics`).
-    """
-    def cnn(m: str) -> list[str]:
-        return [f"experiment=covers_{m.lower()}", f"covers.mode={mode}", f"covers.model.backbone={backbone}",
-                "covers.model.pretrained=true"]
 
-    def base(label_set: str, protocol: str) -> list[str]:
-        return [f"labels={label_set}", f"split={protocol}", "branches=[covers]",
-                *_data_overrides(label_set), *(extra_overrides or [])]
+@dataclass(frozen=True)
+class TableRow:
+    """One row of the table to train: ``model`` is RF, M1–M5 or ``confound`` (the cell's source check)."""
 
-    # Absent pretrained weights fail here, before the first row, not after the Random Forests have run.
-    model_cfg = compose_config(base(label_sets[0], protocols[0]) + cnn("M1")).covers.model
-    create_backbone(model_cfg.backbone, pretrained=True, weights_path=model_cfg.weights_path)
+    label_set: str
+    protocol: str
+    model: str
+    overrides: tuple[str, ...]
+    run_dir: Path
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return self.label_set, self.protocol, self.model
+
+    @property
+    def after(self) -> tuple[str, str, str] | None:
+        """The row whose predictions this one takes its class weights from (M4, M5: the cell's M3)."""
+        return (self.label_set, self.protocol, "M3") if self.model in ("M4", "M5") else None
+
+
+def table_rows(out_dir: Path, label_sets: Sequence[str], protocols: Sequence[str], mode: str, backbone: str,
+               extra_overrides: Sequence[str] = ()) -> list[TableRow]:
+    """Every row of the table in its order, each with its run folder ``out_dir/<labels>-<protocol>/<model>``."""
     rows = []
     for label_set in label_sets:
         for protocol in protocols:
             cell = out_dir / f"{label_set}-{protocol}"
-            confound = source_confound(compose_config(base(label_set, protocol)), cell / "confound")
-            models = [("RF", ["covers.mode=random_forest"])] + [(m, cnn(m)) for m in ("M1", "M2", "M3", "M4", "M5")]
-            for name, overrides in models:
-                run_dir = cell / name
-                if name == "M4" or name == "M5":
-                    overrides = [*overrides, f"covers.class_weights_from={cell / 'M3' / 'predictions.csv'}"]
-                if name == "M5" and mode == "frozen":
-                    rows.append({"labels": label_set, "protocol": protocol, "model": name,
-                                 "note": "needs covers.mode=finetune (augmentation changes pixels)"})
-                    continue
-                cfg = compose_config(base(label_set, protocol) + overrides)
-                metrics = finished_metrics(run_dir, cfg)
-                reused = metrics is not None
-                if reused:
-                    log.info("%s was finished by an earlier call with the same config: reused", run_dir)
-                else:
-                    _start_row(run_dir, cfg)
-                    metrics = train_covers(cfg, run_dir)
-                rows.append({"labels": label_set, "protocol": protocol, "model": name, "n": metrics["n"],
-                             "accuracy": metrics["accuracy"], "ci95": metrics["ci95"]["accuracy"],
-                             "paper": PAPER[label_set].get("random_forest" if name == "RF" else "cnn"),
-                             "reused": reused})
-            rows.append({"labels": label_set, "protocol": protocol, "model": "confound", **confound})
-    return pd.DataFrame(rows)
+            base = cell_overrides(label_set, protocol, extra_overrides)
+            rows.append(TableRow(label_set, protocol, "RF", (*base, "covers.mode=random_forest"), cell / "RF"))
+            for model in ("M1", "M2", "M3", "M4", "M5"):
+                overrides = [*base, f"experiment=covers_{model.lower()}", f"covers.mode={mode}",
+                             f"covers.model.backbone={backbone}", "covers.model.pretrained=true"]
+                if model in ("M4", "M5"):
+                    overrides.append(f"covers.class_weights_from={cell / 'M3' / 'predictions.csv'}")
+                rows.append(TableRow(label_set, protocol, model, tuple(overrides), cell / model))
+            rows.append(TableRow(label_set, protocol, "confound", tuple(base), cell / "confound"))
+    return rows
+
+
+def reproduce(out_dir: Path, label_sets: list[str], protocols: list[str], mode: str, backbone: str,
+              extra_overrides: Sequence[str] = (), parallel: int = 1, command: str = "") -> pd.DataFrame:
+    """Run every row of the table; each model writes its own run folder under ``out_dir``.
+
+    ``parallel`` rows train at once, each in a process of its own (one GPU holds several fine-tunes);
+    M4 and M5 start once their cell's M3 has finished. A row that fails is recorded with its error and
+    the rows that need it are skipped; the others go on. ``command`` is recorded with each row trained.
+    Returns one row per (label set, protocol, model) with accuracy, its 95% interval, n, ``reused``
+    (finished by an earlier call with the same config, see :func:`finished_metrics`) and where it was
+    made (``machine``, ``commit``, ``command``), or ``note`` for a row not made.
+    """
+    rows = table_rows(out_dir, label_sets, protocols, mode, backbone, extra_overrides)
+    # Absent pretrained weights fail here, before the first row, not after the Random Forests have run.
+    model_cfg = compose_config(list(rows[1].overrides)).covers.model
+    create_backbone(model_cfg.backbone, pretrained=True, weights_path=model_cfg.weights_path)
+    done = _run_rows(rows, mode, command, parallel)
+    return pd.DataFrame([done[row.key] for row in rows])
+
+
+def _run_rows(rows: list[TableRow], mode: str, command: str, parallel: int) -> dict[tuple[str, str, str], dict]:
+    """Each row's result, rows run in dependency order, ``parallel`` at a time."""
+    done: dict[tuple[str, str, str], dict] = {}
+    waiting = list(rows)
+
+    def ready() -> list[TableRow]:
+        """Rows whose dependency has finished; those whose dependency failed are recorded as skipped."""
+        startable = []
+        for row in list(waiting):
+            needed = done.get(row.after) if row.after else {}
+            if needed is None:
+                continue
+            waiting.remove(row)
+            if needed.get("failed") or needed.get("skipped"):
+                done[row.key] = {**_row_head(row), "note": f"not run: {row.after[2]} did not finish", "skipped": True}
+            else:
+                startable.append(row)
+        return startable
+
+    if parallel <= 1:
+        while waiting:
+            for row in ready():
+                done[row.key] = run_row(row, mode, command)
+        return done
+    with ProcessPoolExecutor(max_workers=parallel, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_worker_setup, initargs=(parallel,)) as pool:
+        running = {pool.submit(run_row, row, mode, command): row for row in ready()}
+        while running:
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                row = running.pop(future)
+                try:
+                    done[row.key] = future.result()
+                except Exception as error:  # noqa: BLE001 — a worker that died: recorded, the table goes on
+                    done[row.key] = _failed(row, error)
+            running.update({pool.submit(run_row, row, mode, command): row for row in ready()})
+    return done
+
+
+def _worker_setup(parallel: int) -> None:
+    """A row's process: log lines as the parent's, and its share of the CPU threads (not all of them each)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(processName)s %(name)s: %(message)s")
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // parallel))
+
+
+def _row_head(row: TableRow) -> dict[str, Any]:
+    return {"labels": row.label_set, "protocol": row.protocol, "model": row.model}
+
+
+def _failed(row: TableRow, error: BaseException) -> dict[str, Any]:
+    log.error("%s/%s %s failed: %s", row.label_set, row.protocol, row.model, error)
+    return {**_row_head(row), "note": f"failed: {type(error).__name__}: {error}", "failed": True}
+
+
+def run_row(row: TableRow, mode: str, command: str) -> dict[str, Any]:
+    """Train one row (or reuse it, finished with the same config), writing ``row.json`` (where and how it
+    was made) beside its report; an error is returned as the row's ``note``, not raised."""
+    if row.model == "confound":
+        try:
+            return {**_row_head(row), **source_confound(compose_config(list(row.overrides)), row.run_dir)}
+        except Exception as error:  # noqa: BLE001 — recorded in the table; the other rows go on
+            return _failed(row, error)
+    if row.model == "M5" and mode == "frozen":
+        return {**_row_head(row), "note": "needs covers.mode=finetune (augmentation changes pixels)"}
+    try:
+        cfg = compose_config(list(row.overrides))
+        metrics = finished_metrics(row.run_dir, cfg)
+        reused = metrics is not None
+        if reused:
+            log.info("%s was finished by an earlier call with the same config: reused", row.run_dir)
+        else:
+            _start_row(row.run_dir, cfg)
+            started = time.perf_counter()
+            metrics = train_covers(cfg, row.run_dir)
+            machine = machine_info()
+            write_json(row.run_dir / ROW_RECORD, {"command": command, "machine": machine,
+                                                  "seconds": round(time.perf_counter() - started, 1),
+                                                  "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
+    except Exception as error:  # noqa: BLE001 — recorded in the table; the other rows go on
+        return _failed(row, error)
+    made = _made(row.run_dir)
+    return {**_row_head(row), "n": metrics["n"], "accuracy": metrics["accuracy"], "ci95": metrics["ci95"]["accuracy"],
+            "paper": PAPER[row.label_set].get("random_forest" if row.model == "RF" else "cnn"), "reused": reused,
+            **made}
+
+
+def _made(run_dir: Path) -> dict[str, Any]:
+    """Where a finished row was made, from its ``row.json`` (absent for rows of older code)."""
+    try:
+        record = json.loads((run_dir / ROW_RECORD).read_text())
+    except (OSError, ValueError):
+        return {"machine": None, "commit": None, "command": None, "seconds": None}
+    machine = record["machine"]
+    where = f"{machine['gpu'] or machine['cpu']}, {machine['cpu_cores']} cores"
+    return {"machine": where, "commit": machine.get("git_commit"), "command": record["command"],
+            "seconds": record["seconds"]}
 
 
 def finished_metrics(run_dir: Path, cfg: DictConfig) -> dict[str, Any] | None:
@@ -153,23 +277,41 @@ def _same_config(run_dir: Path, cfg: DictConfig) -> bool:
 
 
 def format_table(results: pd.DataFrame, mode: str, backbone: str) -> str:
-    """Markdown: one line per model run, the paper's number beside it, then the confound checks."""
+    """Markdown: one line per model run with where it was made and the paper's number beside it, the
+    commands that made the rows, then the confound checks."""
     lines = [f"CNN rows: {backbone}, mode {mode}. Paper: ResNet50 fine-tuned on MusicOSet covers.", "",
-             "| labels | protocol | model | n | accuracy [95% CI] | paper |", "|---|---|---|---|---|---|"]
+             "| labels | protocol | model | n | accuracy [95% CI] | paper | made on (commit) |",
+             "|---|---|---|---|---|---|---|"]
     models = results[results["model"] != "confound"]
-    for r in models.itertuples():
-        if isinstance(getattr(r, "note", None), str):
-            lines.append(f"| {r.labels} | {r.protocol} | {r.model} | – | {r.note} | |")
+    commands: list[str] = []
+    for r in models.to_dict(orient="records"):
+        if _present(r.get("note")):
+            lines.append(f"| {r['labels']} | {r['protocol']} | {r['model']} | – | {r['note']} | | |")
             continue
-        paper = f"{r.paper:.2%}" if isinstance(r.paper, float) and not np.isnan(r.paper) else ""
-        lines.append(f"| {r.labels} | {r.protocol} | {r.model} | {int(r.n)} | {r.accuracy:.3f} "
-                     f"[{r.ci95[0]:.3f}, {r.ci95[1]:.3f}] | {paper} |")
+        paper = f"{r['paper']:.2%}" if _present(r.get("paper")) else ""
+        made = f"{r['machine']} ({r['commit']})" if _present(r.get("machine")) else "not recorded"
+        if _present(r.get("command")) and r["command"] not in commands:
+            commands.append(r["command"])
+        if _present(r.get("command")):
+            made += f" [{commands.index(r['command']) + 1}]"
+        lines.append(f"| {r['labels']} | {r['protocol']} | {r['model']} | {int(r['n'])} | {r['accuracy']:.3f} "
+                     f"[{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}] | {paper} | {made} |")
+    if commands:
+        lines += ["", "Commands that made the rows:", ""] + [f"{i}. `{c}`" for i, c in enumerate(commands, 1)]
     lines += ["", "Source-confound check (Discogs vs. Spotify covers):", ""]
     for r in results[results["model"] == "confound"].to_dict(orient="records"):
+        if _present(r.get("note")):
+            lines.append(f"- {r['labels']} / {r['protocol']}: {r['note']}")
+            continue
         line = (f"- {r['labels']} / {r['protocol']}: source mix {r['source_mix']}; genre guessed from source alone: "
                 f"{r['genre_from_source_accuracy']:.3f}")
-        if isinstance(r.get("source_classifier_accuracy"), float) and not np.isnan(r["source_classifier_accuracy"]):
+        if _present(r.get("source_classifier_accuracy")):
             line += (f"; source told apart from embeddings with accuracy {r['source_classifier_accuracy']:.3f} "
                      f"[{r['source_classifier_ci95'][0]:.3f}, {r['source_classifier_ci95'][1]:.3f}]")
         lines.append(line)
     return "\n".join(lines)
+
+
+def _present(value: Any) -> bool:
+    """Whether a cell of the results frame holds a value (not ``None``/NaN, which pandas fills in for absent keys)."""
+    return value is not None and not (isinstance(value, float) and np.isnan(value))

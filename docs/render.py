@@ -7,6 +7,9 @@ block between the markers is what :func:`render` makes of the files the argument
 - ``include results/<file>.md``: a table a command wrote as markdown (sweep summaries, the covers table);
 - ``paired results/<file>.json …``: paired comparisons written by ``genrefusion compare --out``;
 - ``runs results/<folder> …``: one branch run per folder (its ``metrics.json``): test accuracy, macro-F1;
+- ``covers-tables results/<frozen table> results/<fine-tuned table>``: two runs of the paper table
+  (``genrefusion reproduce-covers``) side by side, each row's paired difference on its common test items
+  (the rows' committed ``predictions.csv``); a table not run yet shows as such;
 - ``speed``: the benchmark result files under ``benchmarks/results/`` (each with its machine and commit).
 
 Usage: .venv/bin/python docs/render.py              rewrite every page's blocks
@@ -85,6 +88,63 @@ def runs(*folders: str) -> str:
         lines.append(f"| `{folder}` | {metrics['model']} | {len(metrics['labels'])} | {metrics['protocol']} | "
                      f"{metrics['n']} | {metrics['accuracy']:.3f} {_interval(metrics['ci95']['accuracy'])} | "
                      f"{metrics['macro_f1']:.3f} |")
+    return "\n".join(lines)
+
+
+def _table(folder: str) -> tuple[dict | None, dict[tuple[str, str, str], dict]]:
+    """A paper table's ``results.json`` and its model rows by (labels, protocol, model); ``None`` if not run."""
+    path = ROOT / folder / "results.json"
+    if not path.is_file():
+        return None, {}
+    result = json.loads(path.read_text())
+    return result, {(r["labels"], r["protocol"], r["model"]): r for r in result["rows"] if r["model"] != "confound"}
+
+
+def _score(row: dict | None) -> str:
+    if row is None:
+        return "not run yet"
+    if row.get("accuracy") is None:
+        return row.get("note") or "–"
+    return f"{row['accuracy']:.3f} {_interval(row['ci95'])}"
+
+
+def _paired(run_a: Path, run_b: Path) -> tuple[str, str]:
+    """``a − b`` [95% CI] and McNemar's p of two run folders, or dashes where either has no predictions."""
+    from engine.predictions import compare_runs
+
+    if not all((run / "predictions.csv").is_file() for run in (run_a, run_b)):
+        return "–", "–"
+    versus = compare_runs([run_a, run_b])["first_minus_other"][str(run_b)]
+    difference = versus["difference"]
+    return (f"{difference['difference']:+.3f} {_interval(difference['ci95'], signed=True)}",
+            f"{versus['mcnemar']['p_value']:.3f}")
+
+
+def covers_tables(frozen: str, finetuned: str) -> str:
+    """The paper table frozen and fine-tuned, side by side, with each row's paired difference, then what
+    M5's augmentation does over M4 under fine-tuning."""
+    frozen_result, frozen_rows = _table(frozen)
+    tuned_result, tuned_rows = _table(finetuned)
+
+    def run(folder: str, labels: str, protocol: str, model: str) -> Path:
+        return ROOT / folder / f"{labels}-{protocol}" / model
+
+    lines = ["| labels | protocol | model | paper | frozen [95% CI] | fine-tuned [95% CI] | fine-tuned − frozen "
+             "[95% CI] | McNemar p |", "|---|---|---|---|---|---|---|---|"]
+    for key, row in frozen_rows.items():
+        paper = f"{row['paper']:.2%}" if row.get("paper") is not None else ""
+        difference, p_value = _paired(run(finetuned, *key), run(frozen, *key)) if key in tuned_rows else ("–", "–")
+        lines.append(f"| {' | '.join(key)} | {paper} | {_score(row)} | {_score(tuned_rows.get(key))} | "
+                     f"{difference} | {p_value} |")
+    lines += ["", f"Frozen: `{frozen}` (`{frozen_result['command']}`). Fine-tuned: "
+              + (f"`{finetuned}` (`{tuned_result['command']}`)." if tuned_result else
+                 f"`{finetuned}`, not run yet (it needs a GPU machine).")]
+    m5_rows = [key for key in tuned_rows if key[2] == "M5"]
+    if m5_rows:
+        lines += ["", "| labels | protocol | M5 − M4, fine-tuned [95% CI] | McNemar p |", "|---|---|---|---|"]
+        for labels, protocol, _ in m5_rows:
+            difference, p_value = _paired(run(finetuned, labels, protocol, "M5"), run(finetuned, labels, protocol, "M4"))
+            lines.append(f"| {labels} | {protocol} | {difference} | {p_value} |")
     return "\n".join(lines)
 
 
@@ -169,7 +229,8 @@ def speed() -> str:
     return "\n".join(lines).strip()
 
 
-RENDERERS = {"comparison": comparison, "include": include, "paired": paired, "runs": runs, "speed": speed}
+RENDERERS = {"comparison": comparison, "include": include, "paired": paired, "runs": runs, "speed": speed,
+             "covers-tables": covers_tables}
 
 
 def render(spec: str) -> str:

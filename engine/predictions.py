@@ -74,3 +74,34 @@ def read_predictions(path: str | Path) -> tuple[pd.DataFrame, list[str]]:
 def probabilities(table: pd.DataFrame, labels: Sequence[str]) -> np.ndarray:
     """The ``(n, k)`` probability matrix of a predictions table (empty cells become NaN)."""
     return table[probability_columns(labels)].replace("", np.nan).to_numpy(dtype=float)
+
+
+def compare_runs(runs: Sequence[str | Path]) -> dict:
+    """Two or more runs' test predictions on their common test items: each run's accuracy with its interval,
+    and the first minus each other with a paired bootstrap interval and McNemar's exact test.
+
+    ``runs``: run folders (or ``predictions.csv`` files) of one label set. Raises ``ValueError`` when the
+    label sets differ or no test item is common (different splits or data)."""
+    from engine.report import evaluate_predictions, mcnemar, paired_accuracy_difference
+
+    tables, label_orders = [], []
+    for run in runs:
+        table, labels = read_predictions(run)
+        tables.append(table[table["split"] == "test"].set_index("item_id"))
+        label_orders.append(labels)
+    if any(order != label_orders[0] for order in label_orders):
+        raise ValueError(f"the runs have different label sets: {label_orders}")
+    labels = label_orders[0]
+    common = sorted(set.intersection(*(set(t.index) for t in tables)))
+    if not common:
+        raise ValueError("the runs share no test items (different splits or data)")
+    y = tables[0].loc[common, "y"].astype(int).to_numpy()
+    predicted = [t.loc[common, "predicted"].map({label: i for i, label in enumerate(labels)}).to_numpy() for t in tables]
+    result: dict = {"n_common_test_items": len(common), "runs": {}, "first_minus_other": {}}
+    for run, pred in zip(runs, predicted):
+        metrics = evaluate_predictions(y, pred, labels)
+        result["runs"][str(run)] = {"accuracy": metrics["accuracy"], "ci95": metrics["ci95"]["accuracy"]}
+    for run, pred in zip(runs[1:], predicted[1:]):
+        result["first_minus_other"][str(run)] = {"difference": paired_accuracy_difference(y, predicted[0], pred),
+                                                 "mcnemar": mcnemar(y, predicted[0], pred)}
+    return result

@@ -1,11 +1,14 @@
 """Reproduce the covers-only paper table on a covers table, beside the paper's numbers.
 
-Usage: .venv/bin/python scripts/reproduce_covers.py [--labels paper3 paper4 paper5]
-           [--protocols random group] [--mode frozen|finetune] [--backbone efficientnet_lite0] [-- overrides ...]
+Usage: genrefusion reproduce-covers [--labels paper3 paper4 paper5] [--protocols random group]
+           [--mode frozen|finetune] [--backbone efficientnet_lite0] [--parallel N] [--pack DIR]
+           [--out DIR] [-- overrides ...]
 Default mode is frozen (the CPU mode); on a GPU use --mode finetune --backbone resnet50
-(with covers.model.weights_path=...) or efficientnet_lite2. Writes table.md and results.json.
-Run it again with the same --out after an interruption or a failure: rows finished with the same
-config are reused, an interrupted fine-tune continues from its last epoch.
+(with covers.model.weights_path=...) or efficientnet_lite2, and --parallel to train several rows at
+once on the one GPU. --pack reads the covers and splits from a pack (genrefusion pack-covers), on a
+machine without the datasets. Writes table.md and results.json. Run it again with the same --out after
+an interruption or a failure: rows finished with the same config are reused, an interrupted fine-tune
+continues from its last epoch. The exit status is 1 when a row failed (the others are in the table).
 """
 from __future__ import annotations
 
@@ -14,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+from covers.backbones import create_backbone
+from covers.pack import pack_digest, pack_overrides, verify_cover_pack
 from covers.reproduce import format_table, reproduce
 from engine.cli import report_user_errors
 from engine.io import write_json
@@ -27,27 +32,45 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--protocols", nargs="+", default=["random", "group"])
     parser.add_argument("--mode", default="frozen", choices=["frozen", "finetune"])
     parser.add_argument("--backbone", default="efficientnet_lite0")
+    parser.add_argument("--parallel", type=int, default=1, help="rows trained at once, each in its own process")
+    parser.add_argument("--pack", type=Path, default=None, help="a cover pack to read covers and splits from")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides applied to every run (after --)")
     args = parser.parse_args(argv)
+    if args.parallel < 1:
+        parser.error("--parallel must be at least 1")
     out = args.out or Path("outputs") / "reproduce" / time.strftime("%Y-%m-%d_%H-%M-%S")
     out = out.resolve()
+    overrides, pack = list(args.overrides), None
+    if args.pack:
+        _, info = create_backbone(args.backbone, pretrained=False)
+        pack = verify_cover_pack(args.pack, size=info.input_size)
+        overrides = [*pack_overrides(args.pack), *overrides]
+    command = " ".join(["genrefusion reproduce-covers", *(sys.argv[1:] if argv is None else argv)])
     started = time.perf_counter()
-    results = reproduce(out, args.labels, args.protocols, args.mode, args.backbone, args.overrides)
+    results = reproduce(out, args.labels, args.protocols, args.mode, args.backbone, overrides, args.parallel, command)
     seconds = round(time.perf_counter() - started, 1)
-    command = " ".join([".venv/bin/python scripts/reproduce_covers.py", *(sys.argv[1:] if argv is None else argv)])
     machine = machine_info()
+    reused = int(results["reused"].eq(True).sum())
     # The table says how it was made, so it stands on its own when copied out of the run folder.
     table = format_table(results, args.mode, args.backbone) + (
-        f"\n\nCommand: `{command}` ({seconds} s; {int(results['reused'].sum())} of {int(results['reused'].notna().sum())} "
+        f"\n\nThis call: `{command}` ({seconds} s; {reused} of {int(results['reused'].notna().sum())} "
         "rows reused from an earlier call)  \n"
         f"Machine: {machine['cpu']}, {machine['cpu_cores']} cores, GPU: {machine['gpu'] or 'none'}, "
-        f"torch {machine['versions']['torch']}, commit {machine['git_commit']}")
+        f"torch {machine['versions']['torch']}, commit {machine['git_commit']}"
+        + (f"  \nCovers and splits from the pack {args.pack} (digest {pack_digest(pack)[:12]}, "
+           f"{pack['image_format']} at {pack['size']} px)" if pack else ""))
     (out / "table.md").write_text(table + "\n")
     write_json(out / "results.json", {"rows": results.to_dict(orient="records"), "machine": machine,
-                                      "command": command, "seconds": seconds})
+                                      "command": command, "seconds": seconds,
+                                      "pack": {"digest": pack_digest(pack), "size": pack["size"],
+                                               "image_format": pack["image_format"]} if pack else None})
     print(table + f"\n\nRun folders and table: {out}")
-    return 0
+    failed = int(results["failed"].eq(True).sum()) if "failed" in results.columns else 0
+    if failed:
+        print(f"error: {failed} row(s) failed (their errors are in the table); run the same command again to "
+              "retry them", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
