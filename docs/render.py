@@ -110,9 +110,9 @@ def _score(row: dict | None) -> str:
 
 def _paired(run_a: Path, run_b: Path) -> tuple[str, str]:
     """``a − b`` [95% CI] and McNemar's p of two run folders, or dashes where either has no predictions."""
-    from engine.predictions import compare_runs
+    from engine.predictions import compare_runs, predictions_file
 
-    if not all((run / "predictions.csv").is_file() for run in (run_a, run_b)):
+    if not all(predictions_file(run).is_file() for run in (run_a, run_b)):
         return "–", "–"
     versus = compare_runs([run_a, run_b])["first_minus_other"][str(run_b)]
     difference = versus["difference"]

@@ -57,11 +57,20 @@ def write_predictions(path: str | Path, items: pd.DataFrame, proba: np.ndarray, 
     return path
 
 
+def predictions_file(run: str | Path) -> Path:
+    """A run folder's predictions table: ``predictions.csv``, or ``predictions.csv.gz`` where a run was
+    committed compressed (results/); a file path is returned as it is."""
+    run = Path(run)
+    if not run.is_dir():
+        return run
+    plain = run / FILE_NAME
+    compressed = run / f"{FILE_NAME}.gz"
+    return compressed if not plain.is_file() and compressed.is_file() else plain
+
+
 def read_predictions(path: str | Path) -> tuple[pd.DataFrame, list[str]]:
-    """A predictions table (a run folder or the CSV itself) and its class order."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / FILE_NAME
+    """A predictions table (a run folder or the CSV itself, gzip-compressed or not) and its class order."""
+    path = predictions_file(path)
     if not path.is_file():
         raise FileNotFoundError(f"no predictions at {path}; train or score first")
     table = pd.read_csv(path, dtype={"item_id": str, "label": str, "predicted": str}, keep_default_na=False)

@@ -152,6 +152,17 @@ def test_compare_runs_reports_paired_difference_on_common_items(tmp_path):
     assert report["n_common_test_items"] == 85
     assert report["first_minus_other"][str(tmp_path / "b")]["difference"]["difference"] == pytest.approx(expected)
 
+    # A run committed with its predictions gzip-compressed (results/) compares as the same run.
+    import gzip
+
+    from engine.predictions import compare_runs
+
+    (tmp_path / "b_gz").mkdir()
+    (tmp_path / "b_gz" / "predictions.csv.gz").write_bytes(gzip.compress((tmp_path / "b" / "predictions.csv").read_bytes()))
+    same = compare_runs([tmp_path / "b", tmp_path / "b_gz"])
+    assert same["n_common_test_items"] == 85 and same["first_minus_other"][str(tmp_path / "b_gz")]["difference"] \
+        == {"difference": 0.0, "ci95": [0.0, 0.0]}
+
 
 def test_a_new_fusion_head_needs_only_its_registration(tmp_path):
     """A toy head registered under a new name runs the whole comparison and reloads for scoring."""
