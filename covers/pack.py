@@ -24,11 +24,13 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from PIL import Image, features
 
 from covers.images import CoverError, load_cover
 from data.config import compose_config, prepare_from_config
+from data.covers import resolve_base_dir
 from data.items import file_digest, read_delimited
 from data.prepare import PreparedData
 from data.root import ENV_VAR, resolve_data_root
@@ -91,22 +93,32 @@ def build_cover_pack(out_dir: str | Path, cells: Sequence[tuple[str, list[str]]]
             raise CoverPackError(f"{table} is not the data root's {COVERS_CSV}: a pack stands in for a data root")
     header, rows, _ = read_delimited(csv_path)
     table = pd.DataFrame(rows, columns=header).fillna("")
+    if "md5" not in table.columns:
+        table["md5"] = ""
+    # Relative paths are read from where the loader reads them (the table's folder or the one above it),
+    # and the pack keeps that layout. The loader digests a file whose row gives no md5; so does the pack.
+    base = resolve_base_dir(csv_path, table["path"].tolist())
+    unlisted = table["md5"].str.strip() == ""
+    table.loc[unlisted, "md5"] = [file_digest(base / p) if (base / p).is_file() else ""
+                                  for p in table.loc[unlisted, "path"]]
     kept_md5 = set().union(*(set(items["md5"]) for items in originals.values()))
     # Every row of a kept cover's md5: the copies and same-image rows of other genres are what the
     # label set's duplicate and ambiguity rules read, so the pack keeps the same items.
-    table = table[table["md5"].isin(kept_md5)].reset_index(drop=True)
+    # A listed file that is missing is left out of the pack, as the loader leaves out its row.
+    present = np.array([(base / p).is_file() for p in table["path"]], dtype=bool)
+    table = table[table["md5"].isin(kept_md5).to_numpy() & present].reset_index(drop=True)
     absolute = [p for p in table["path"] if Path(p).is_absolute()]
     if absolute:
         raise CoverPackError(f"{csv_path} lists {len(absolute)} covers by absolute path (e.g. {absolute[0]}): "
                              "a pack keeps each cover's path relative to the data root")
     packed_paths, file_md5 = [], []
     for relative in table["path"]:
-        source = data_root / relative
-        data, suffix = _packed_bytes(source, size, image_format, quality)
-        target = partial / Path(relative).with_suffix(suffix)
+        data, suffix = _packed_bytes(base / relative, size, image_format, quality)
+        packed = Path(relative).with_suffix(suffix)
+        target = partial / base.relative_to(data_root) / packed
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data)
-        packed_paths.append(str(target.relative_to(partial)))
+        packed_paths.append(str(packed))
         file_md5.append(file_digest(target))
     table["path"], table["file_md5"] = packed_paths, file_md5
     table.to_csv(partial / COVERS_CSV, index=False)
