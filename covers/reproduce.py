@@ -139,7 +139,8 @@ def reproduce(out_dir: Path, label_sets: list[str], protocols: list[str], mode: 
     """
     rows = table_rows(out_dir, label_sets, protocols, mode, backbone, extra_overrides)
     # Absent pretrained weights fail here, before the first row, not after the Random Forests have run.
-    model_cfg = compose_config(list(rows[1].overrides)).covers.model
+    first_cnn = next(row for row in rows if row.model == "M1")
+    model_cfg = compose_config(list(first_cnn.overrides)).covers.model
     create_backbone(model_cfg.backbone, pretrained=True, weights_path=model_cfg.weights_path)
     done = _run_rows(rows, mode, command, parallel)
     return pd.DataFrame([done[row.key] for row in rows])

@@ -3,6 +3,9 @@
 Functions of explicit arguments. Each fold's training reads a config of its own, derived from the caller's
 with the fold written into it (``split.fold``; ``inner_fold: {fold, folds}`` for cross-fitting), so no
 caller's config is ever changed; each fold's model card names the split column it trained on.
+
+A training driver (it trains the branches and the fusion head), listed with the training modules in
+``tests/test_layers.py``: nothing that predicts imports it.
 """
 from __future__ import annotations
 

@@ -14,7 +14,8 @@ FLOORS = {"engine": 0, "data": 1, "covers": 2, "audio": 2, "fusion": 3, "acquire
 #: The floor of the branches.
 BRANCHES = 2
 #: Training code: what a predict path must not import, directly or through other modules.
-TRAINING = {"engine.trainer", "engine.run", "covers.train", "covers.reproduce", "audio.train", "fusion.run"}
+TRAINING = {"engine.trainer", "engine.run", "covers.train", "covers.reproduce", "audio.train", "fusion.run",
+            "fusion.protocol"}
 #: The predict paths (and everything built only on them).
 PREDICT = ["covers.predict", "audio.predict", "fusion.heads", "covers.evaluate", "scoring.tracks",
            "scoring.audio_files", "acquire.verify"]
