@@ -5,10 +5,12 @@ A training driver: it trains every row of the table through :func:`covers.train.
 sits with the training modules (``tests/test_layers.py``); nothing that predicts imports it."""
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import multiprocessing
 import os
+import re
 import time
 from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -26,6 +28,7 @@ from covers.inputs import backbone_embeddings
 from covers.train import train_covers
 from data.config import compose_config, prepare_from_config
 from engine.inference import RESUME_CHECKPOINT
+from engine.predictions import predictions_content, predictions_file
 from engine.io import write_json
 from engine.run import fit_estimator_and_report, machine_info
 
@@ -34,10 +37,16 @@ log = logging.getLogger(__name__)
 PAPER = {"paper3": {"cnn": 0.74, "random_forest": 0.5057}, "paper4": {"cnn": 0.61}, "paper5": {"cnn": 0.55}}
 #: Label sets whose genres all exist in the Discogs part; the others need Spotify's jazz (mixed sources).
 DISCOGS_ONLY = {"paper3"}
-#: What a finished row leaves behind: its report, and the predictions M4/M5 take class weights from.
-FINISHED_OUTPUTS = ("metrics.json", "predictions.csv")
+#: What a finished row leaves behind (cleared when it is trained again): its report, and the predictions
+#: M4/M5 take class weights from, compressed where the row was committed so.
+FINISHED_OUTPUTS = ("metrics.json", "predictions.csv", "predictions.csv.gz")
 #: Written beside a row's report when it finishes: the command, machine and seconds that made it.
 ROW_RECORD = "row.json"
+#: Written when a row starts: digests of what it reads besides its config and data (M4/M5: M3's predictions).
+ROW_INPUTS = "inputs.json"
+#: This checkout's root. A row records the root of the checkout that made it, so rows made in another copy
+#: of the repository (a lent machine's) are reused here and there: their configs differ only by that prefix.
+CHECKOUT = Path(__file__).resolve().parents[1]
 
 
 def _data_overrides(label_set: str) -> list[str]:
@@ -220,10 +229,10 @@ def run_row(row: TableRow, mode: str, command: str) -> dict[str, Any]:
             _start_row(row.run_dir, cfg)
             started = time.perf_counter()
             metrics = train_covers(cfg, row.run_dir)
-            machine = machine_info()
-            write_json(row.run_dir / ROW_RECORD, {"command": command, "machine": machine,
-                                                  "seconds": round(time.perf_counter() - started, 1),
-                                                  "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
+            record = {"command": command, "machine": machine_info(), "checkout": str(CHECKOUT),
+                      "seconds": round(time.perf_counter() - started, 1),
+                      "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+            write_json(row.run_dir / ROW_RECORD, record)
     except Exception as error:  # noqa: BLE001 — recorded in the table; the other rows go on
         return _failed(row, error)
     made = _made(row.run_dir)
@@ -234,9 +243,8 @@ def run_row(row: TableRow, mode: str, command: str) -> dict[str, Any]:
 
 def _made(run_dir: Path) -> dict[str, Any]:
     """Where a finished row was made, from its ``row.json`` (absent for rows of older code)."""
-    try:
-        record = json.loads((run_dir / ROW_RECORD).read_text())
-    except (OSError, ValueError):
+    record = _read_json(run_dir / ROW_RECORD)
+    if not record:
         return {"machine": None, "commit": None, "command": None, "seconds": None}
     machine = record["machine"]
     where = f"{machine['gpu'] or machine['cpu']}, {machine['cpu_cores']} cores"
@@ -250,31 +258,66 @@ def finished_metrics(run_dir: Path, cfg: DictConfig) -> dict[str, Any] | None:
     So an interrupted or failed table, run again, trains only the rows it had not finished.
     """
     metrics = run_dir / "metrics.json"
-    if not (_same_config(run_dir, cfg) and all((run_dir / name).is_file() for name in FINISHED_OUTPUTS)):
+    if not (_same_config(run_dir, cfg) and metrics.is_file() and predictions_file(run_dir).is_file()):
         return None
-    # M4/M5 took class weights from M3's predictions: a retrained (or removed) M3 makes them stale.
-    weights_from = Path(cfg.covers.get("class_weights_from") or "")
-    if weights_from.name and (not weights_from.is_file()
-                              or weights_from.stat().st_mtime_ns > metrics.stat().st_mtime_ns):
-        return None
+    # M4/M5 took class weights from M3's predictions: a retrained (or removed) M3 with other predictions
+    # makes them stale. Compared by content (copies and checkouts do not keep modification times); rows
+    # made before their inputs were recorded, by modification time.
+    if cfg.covers.get("class_weights_from"):
+        weights_from = predictions_file(cfg.covers.class_weights_from)
+        if not weights_from.is_file():
+            return None
+        recorded = _read_json(run_dir / ROW_INPUTS)
+        if (recorded != _row_inputs(cfg) if recorded
+                else weights_from.stat().st_mtime_ns > metrics.stat().st_mtime_ns):
+            return None
     return json.loads(metrics.read_text())
 
 
+def _row_inputs(cfg: DictConfig) -> dict[str, str]:
+    """Digests of what the row reads besides its config and data: M4/M5's class-weight predictions (their
+    content, compressed or not)."""
+    weights_from = cfg.covers.get("class_weights_from")
+    if not (weights_from and predictions_file(weights_from).is_file()):
+        return {}
+    return {"class_weights_sha256": hashlib.sha256(predictions_content(weights_from)).hexdigest()}
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    """A row's record (empty where there is none: unfinished, or made by older code)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def _start_row(run_dir: Path, cfg: DictConfig) -> None:
-    """Clear what an unfinished or differently configured earlier call left, then save this row's config."""
+    """Clear what an unfinished or differently configured earlier call left, then save this row's config
+    and inputs."""
     run_dir.mkdir(parents=True, exist_ok=True)
     stale = list(FINISHED_OUTPUTS)
-    if not _same_config(run_dir, cfg):
-        stale.append(RESUME_CHECKPOINT)  # same config: training continues from it; another config: it can't
+    inputs = _row_inputs(cfg)
+    # Same config and inputs: training continues from the checkpoint; otherwise it can't.
+    if not _same_config(run_dir, cfg) or _read_json(run_dir / ROW_INPUTS) != inputs:
+        stale.append(RESUME_CHECKPOINT)
     for name in stale:
         (run_dir / name).unlink(missing_ok=True)
     OmegaConf.save(cfg, run_dir / "config.yaml")
+    write_json(run_dir / ROW_INPUTS, inputs)
 
 
 def _same_config(run_dir: Path, cfg: DictConfig) -> bool:
-    """Whether ``run_dir/config.yaml`` holds exactly ``cfg`` (as :func:`OmegaConf.save` writes it)."""
+    """Whether ``run_dir/config.yaml`` holds exactly ``cfg`` (as :func:`OmegaConf.save` writes it), paths in
+    the checkout that made the row read as paths in this one."""
     saved = run_dir / "config.yaml"
-    return saved.is_file() and saved.read_text() == OmegaConf.to_yaml(cfg)
+    if not saved.is_file():
+        return False
+    text = saved.read_text()
+    made_in = _read_json(run_dir / ROW_RECORD).get("checkout")
+    if made_in and made_in != str(CHECKOUT):
+        text = re.sub(re.escape(made_in) + r"""(?=/|$|['"])""", str(CHECKOUT).replace("\\", "\\\\"), text,
+                      flags=re.MULTILINE)
+    return text == OmegaConf.to_yaml(cfg)
 
 
 def format_table(results: pd.DataFrame, mode: str, backbone: str) -> str:

@@ -6,6 +6,7 @@ probabilities are all missing (NaN) is an item that modality could not score.
 """
 from __future__ import annotations
 
+import gzip
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -59,13 +60,18 @@ def write_predictions(path: str | Path, items: pd.DataFrame, proba: np.ndarray, 
 
 def predictions_file(run: str | Path) -> Path:
     """A run folder's predictions table: ``predictions.csv``, or ``predictions.csv.gz`` where a run was
-    committed compressed (results/); a file path is returned as it is."""
+    committed compressed (results/); a file path is returned as it is, or as its ``.gz`` where only that
+    exists."""
     run = Path(run)
-    if not run.is_dir():
-        return run
-    plain = run / FILE_NAME
-    compressed = run / f"{FILE_NAME}.gz"
+    plain = run / FILE_NAME if run.is_dir() else run
+    compressed = plain.with_name(f"{plain.name}.gz")
     return compressed if not plain.is_file() and compressed.is_file() else plain
+
+
+def predictions_content(run: str | Path) -> bytes:
+    """The predictions table's bytes as written (decompressed where it was committed compressed)."""
+    path = predictions_file(run)
+    return gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
 
 
 def read_predictions(path: str | Path) -> tuple[pd.DataFrame, list[str]]:

@@ -24,6 +24,7 @@ COMMANDS = {
     "summarize-sweep": ("summarize_sweep.py", "one table of a Hydra sweep's runs, mean ± std over seeds"),
     "reproduce-covers": ("reproduce_covers.py", "the covers-only paper table (M1–M5 × 3/4/5 classes)"),
     "pack-covers": ("pack_covers.py", "the paper table's covers and splits in one folder, for a machine without the data"),
+    "device-kit": ("device_kit.py", "one command's carry for a lent GPU machine: wheels, inputs and how it runs there"),
     "evaluate-covers": ("evaluate_covers.py", "a trained cover model on a covers table"),
     "score-audio": ("score_audio.py", "a folder of audio files with a trained audio model"),
     "build-musicoset": ("build_musicoset.py", "the MusicOSet album item table, labelled by the genre map"),

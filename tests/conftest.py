@@ -168,3 +168,49 @@ def cover_server(tmp_path_factory, covers_loaded):
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{httpd.server_port}"
     httpd.shutdown()
+
+
+PER_GENRE = 14
+
+
+@pytest.fixture(scope="session")
+def small_data_root(tmp_path_factory, covers_loaded, data_root) -> Path:
+    """A data root whose covers/covers.csv lists the first Discogs covers of rap, country and pop by relative
+    path (links to the shared files), with a copy of one cover, one cover filed under two genres, and a
+    corrupt file."""
+    import pandas as pd
+
+    root = tmp_path_factory.mktemp("data_root")
+    items = covers_loaded.items
+    picked = pd.concat([items[(items["source"] == "discogs") & (items["label"] == genre)].head(PER_GENRE)
+                        for genre in ("hiphop", "country", "pop")])
+    rows = []
+    for item in picked.itertuples():
+        relative = Path(item.cover_path).relative_to(data_root)
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        (root / relative).symlink_to(item.cover_path)
+        rows.append({"path": str(relative), "source": "discogs", "genre": item.label, "md5": item.md5})
+    first, second = rows[0], rows[PER_GENRE]
+    for name, genre, source in (("copy", first["genre"], first), ("two-genres", "pop", second)):
+        relative = Path(source["path"]).with_name(f"{name}.jpg")
+        (root / relative).symlink_to(root / source["path"])
+        rows.append({**source, "path": str(relative), "genre": genre})
+    corrupt = Path("covers/discogs/pop/corrupt.jpg")
+    (root / corrupt).write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    rows.append({"path": str(corrupt), "source": "discogs", "genre": "pop", "md5": "0" * 32})
+    pd.DataFrame(rows).to_csv(root / "covers" / "covers.csv", index=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def pack(small_data_root, tmp_path_factory) -> tuple[Path, list[str]]:
+    """A cover pack of the paper3 cells of ``small_data_root`` at 224 px (Lite0's input size), and the overrides
+    that made it."""
+    from covers.pack import build_cover_pack
+    from covers.reproduce import cell_overrides
+
+    work = tmp_path_factory.mktemp("pack_work")
+    extra = [f"paths.data_root={small_data_root}", f"paths.root_dir={work}"]
+    cells = [(f"paper3-{p}", cell_overrides("paper3", p, extra)) for p in ("group", "random")]
+    build_cover_pack(work / "pack", cells, size=224)
+    return work / "pack", extra

@@ -11,49 +11,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import GENREFUSION
+from conftest import GENREFUSION, PER_GENRE
 
 from covers.images import load_cover
 from covers.pack import CoverPackError, build_cover_pack, pack_overrides, verify_cover_pack
 from covers.reproduce import cell_overrides
-
-PER_GENRE = 14
-
-
-@pytest.fixture(scope="module")
-def small_data_root(tmp_path_factory, covers_loaded, data_root) -> Path:
-    """A data root whose covers/covers.csv lists the first Discogs covers of rap, country and pop by relative
-    path (links to the shared files), with a copy of one cover, one cover filed under two genres, and a
-    corrupt file."""
-    root = tmp_path_factory.mktemp("data_root")
-    items = covers_loaded.items
-    picked = pd.concat([items[(items["source"] == "discogs") & (items["label"] == genre)].head(PER_GENRE)
-                        for genre in ("hiphop", "country", "pop")])
-    rows = []
-    for item in picked.itertuples():
-        relative = Path(item.cover_path).relative_to(data_root)
-        (root / relative).parent.mkdir(parents=True, exist_ok=True)
-        (root / relative).symlink_to(item.cover_path)
-        rows.append({"path": str(relative), "source": "discogs", "genre": item.label, "md5": item.md5})
-    first, second = rows[0], rows[PER_GENRE]
-    for name, genre, source in (("copy", first["genre"], first), ("two-genres", "pop", second)):
-        relative = Path(source["path"]).with_name(f"{name}.jpg")
-        (root / relative).symlink_to(root / source["path"])
-        rows.append({**source, "path": str(relative), "genre": genre})
-    corrupt = Path("covers/discogs/pop/corrupt.jpg")
-    (root / corrupt).write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
-    rows.append({"path": str(corrupt), "source": "discogs", "genre": "pop", "md5": "0" * 32})
-    pd.DataFrame(rows).to_csv(root / "covers" / "covers.csv", index=False)
-    return root
-
-
-@pytest.fixture(scope="module")
-def pack(small_data_root, tmp_path_factory) -> tuple[Path, list[str]]:
-    work = tmp_path_factory.mktemp("pack_work")
-    extra = [f"paths.data_root={small_data_root}", f"paths.root_dir={work}"]
-    cells = [(f"paper3-{p}", cell_overrides("paper3", p, extra)) for p in ("group", "random")]
-    build_cover_pack(work / "pack", cells, size=224)
-    return work / "pack", extra
 
 
 def _renderer():

@@ -1,4 +1,6 @@
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -247,14 +249,21 @@ def test_m4_weights_are_inverse_validation_precision(tmp_path):
 def test_reproduction_table_resumes_and_stops_at_once_without_weights(discogs_covers_csv, tmp_path, monkeypatch):
     from covers.reproduce import format_table, reproduce
 
-    csv = discogs_covers_csv(tmp_path / "small.csv", 30)
-    monkeypatch.chdir(tmp_path)  # the table's artifacts (splits, caches) go under the working directory
+    import covers.reproduce
+
+    # The working directory stands for the checkout: the table's artifacts (splits, caches) go under it.
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    monkeypatch.setattr(covers.reproduce, "CHECKOUT", here)
+    csv = discogs_covers_csv(here / "small.csv", 30)
     overrides = [f"covers.data.loader.csv_path={csv}", "covers.data.name=small", "trainer.progress=false",
                  "+covers.n_estimators=50"]
-    out = tmp_path / "table"
+    out = here / "table"
 
-    def run() -> pd.DataFrame:
-        return reproduce(out, ["paper3"], ["group"], "frozen", "efficientnet_lite0", overrides)
+    def run(root: Path = here) -> pd.DataFrame:
+        rooted = [o.replace(str(here), str(root)) for o in overrides]
+        return reproduce(root / "table", ["paper3"], ["group"], "frozen", "efficientnet_lite0", rooted)
 
     first = run()
     models = first[first["model"].isin(["RF", "M1", "M2", "M3", "M4"])]
@@ -266,8 +275,8 @@ def test_reproduction_table_resumes_and_stops_at_once_without_weights(discogs_co
     assert "74.00%" in table and "50.57%" in table and "needs covers.mode=finetune" in table
     assert "genre guessed from source alone" in table
 
-    def stamps() -> dict[str, int]:
-        return {m: (out / "paper3-group" / m / "metrics.json").stat().st_mtime_ns for m in models["model"]}
+    def stamps(root: Path = here) -> dict[str, int]:
+        return {m: (root / "table" / "paper3-group" / m / "metrics.json").stat().st_mtime_ns for m in models["model"]}
 
     before = stamps()
     again = run()  # everything finished: nothing is trained again
@@ -275,14 +284,39 @@ def test_reproduction_table_resumes_and_stops_at_once_without_weights(discogs_co
     assert not first["reused"].dropna().any() and again["reused"].dropna().all()  # NaN: M5/confound rows
     pd.testing.assert_frame_equal(again.drop(columns=["ci95", "reused"]), first.drop(columns=["ci95", "reused"]))
 
-    # M3 cut off after training, before its report: it is finished from last.pt, and M4, whose class
-    # weights come from M3's predictions, is trained again; RF, M1 and M2 are left alone.
+    # The checkout copied to another path (a lent machine's copy of the repository, or the rows it made
+    # brought back), with the predictions compressed as results/ commits them: the rows' configs differ
+    # only by the checkout's root, so every row is reused there.
+    there = tmp_path / "there"
+    shutil.copytree(here, there)
+    for predictions in (there / "table").rglob("predictions.csv"):
+        subprocess.run(["gzip", str(predictions)], check=True)
+    monkeypatch.chdir(there)
+    monkeypatch.setattr(covers.reproduce, "CHECKOUT", there)
+    elsewhere = stamps(there)
+    assert str(here) in (there / "table" / "paper3-group" / "M4" / "config.yaml").read_text()
+    assert run(there)["reused"].dropna().all() and stamps(there) == elsewhere
+    monkeypatch.chdir(here)
+    monkeypatch.setattr(covers.reproduce, "CHECKOUT", here)
+
+    # M3 cut off after training, before its report: it is finished from last.pt; its predictions come out
+    # the same, so M4, whose class weights come from them, is left alone, as are RF, M1 and M2.
+    m3_predictions = out / "paper3-group" / "M3" / "predictions.csv"
     (out / "paper3-group" / "M3" / "metrics.json").unlink()
     resumed = run()
     after = stamps()
-    assert {m for m in before if after[m] != before[m]} == {"M3", "M4"}
+    assert {m for m in before if after[m] != before[m]} == {"M3"}
     accuracy = dict(zip(resumed["model"], resumed["accuracy"]))
     assert accuracy["M3"] == dict(zip(first["model"], first["accuracy"]))["M3"]
+    # M3's predictions changed under M4 (modification times alone would not tell: set back on purpose):
+    # M4 is trained again with class weights from them.
+    stat = m3_predictions.stat()
+    changed = pd.read_csv(m3_predictions)
+    changed.loc[changed["split"] == "val", "predicted"] = changed["label"]
+    changed.to_csv(m3_predictions, index=False)
+    os.utime(m3_predictions, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    run()
+    assert {m for m, stamp in stamps().items() if stamp != after[m]} == {"M4"}
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "no_weights"))
     with pytest.raises(MissingWeightsError, match="weights_path"):
