@@ -118,13 +118,23 @@ def test_the_scoring_kit_runs_the_benchmark_in_a_bare_copy_and_brings_it_back(ma
     assert not_on_the_machine(imported, kit) == set()
 
 
+def _renderer():
+    spec = importlib.util.spec_from_file_location("render", ROOT / "docs" / "render.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.mark.slow
 def test_the_table_kit_fine_tunes_rows_there_which_a_checkout_here_reuses(pack, tmp_path):
+    """The table fine-tuned from a pack end to end (a tiny Lite0 fine-tune of every row of one cell, two rows
+    at a time in their own processes) as a lent machine runs it; brought back, its rows are reused and
+    rendered beside the frozen table made here from the same pack."""
     pack_dir, _ = pack
     there = copy_checkout(tmp_path / "there")
+    tiny = ["trainer.max_epochs=1", "trainer.batch_size=8", "trainer.num_workers=0", "+covers.n_estimators=20"]
     kit = build_kit(there, ["table", "--pack", str(pack_dir), "--backbone", "efficientnet_lite0", "--labels", "paper3",
-                            "--protocols", "group", "--parallel", "2", "--no-wheels", "--", "trainer.max_epochs=1",
-                            "trainer.batch_size=8", "trainer.num_workers=0", "+covers.n_estimators=20"])
+                            "--protocols", "group", "--parallel", "2", "--no-wheels", "--", *tiny])
     overrides = kit["command"][kit["command"].index("--") + 1:]
     assert "trainer.channels_last=true" in overrides and "trainer.num_workers=2" not in overrides
     table = kit["collect"][0]
@@ -132,30 +142,59 @@ def test_the_table_kit_fine_tunes_rows_there_which_a_checkout_here_reuses(pack, 
 
     out, imported = run_session(there, ".devkit/table", tmp_path)
     assert json.loads((out / "session.json").read_text())["status"] == 0
+    models = ["RF", "M1", "M2", "M3", "M4", "M5"]
+    cell = there / table / "paper3-group"
     with archive(out) as tar:
         names = set(tar.getnames())
-        models = ["RF", "M1", "M2", "M3", "M4", "M5"]
         for model in models:
             assert {f"{table}/paper3-group/{model}/{name}" for name in
                     ("config.yaml", "metrics.json", "predictions.csv", "row.json", "inputs.json")} <= names
         assert {f"{table}/results.json", f"{table}/table.md"} <= names
         assert not any(name.endswith(".pt") for name in names)
-        record = json.load(tar.extractfile(f"{table}/paper3-group/M3/row.json"))
-        assert record["checkout"] == str(there)  # the copy's own code ran, not this checkout's
+        first = {row["model"]: row for row in json.load(tar.extractfile(f"{table}/results.json"))["rows"]}
         # Brought back: unpacked into another checkout (another root) with the same kit and the predictions
-        # compressed as results/ commits them, every row is reused.
+        # compressed as results/ commits them.
         here = copy_checkout(tmp_path / "here")
         shutil.copytree(there / ".devkit", here / ".devkit")
         tar.extractall(here, filter="data")
     assert not_on_the_machine(imported, kit) == set() and "hydra" in imported
+    assert len({first[m]["n"] for m in models}) == 1 and not any(first[m]["reused"] for m in models)
+    for model in models:
+        record = json.loads((cell / model / "row.json").read_text())
+        assert record["checkout"] == str(there)  # the copy's own code ran, not this checkout's
+        assert record["command"].startswith("genrefusion reproduce-covers --mode finetune --backbone efficientnet_lite0")
+        assert first[model]["machine"] == f"{record['machine']['cpu']}, {record['machine']['cpu_cores']} cores"
+    # M4 and M5 started after M3's predictions were written, and took their class weights from them.
+    m3_done = (cell / "M3" / "predictions.csv").stat().st_mtime_ns
+    assert all((cell / m / "config.yaml").stat().st_mtime_ns >= m3_done for m in ("M4", "M5"))
+    card = json.loads((cell / "M1" / "model_card.json").read_text())
+    assert Path(card["data_loader"]["csv_path"]).is_relative_to(there / ".devkit" / "table" / "pack")
+    text = (there / table / "table.md").read_text()
+    assert "made on (commit)" in text and "Commands that made the rows" in text and "from the pack" in text
 
     for predictions in (here / table).rglob("predictions.csv"):
         subprocess.run(["gzip", str(predictions)], check=True)
     run_session(here, ".devkit/table", tmp_path)
     rows = {row["model"]: row for row in json.loads((here / table / "results.json").read_text())["rows"]}
     assert all(rows[model]["reused"] for model in models)
-    first = {row["model"]: row for row in json.loads((there / table / "results.json").read_text())["rows"]}
     assert [rows[m]["accuracy"] for m in models] == [first[m]["accuracy"] for m in models]
+
+    # The frozen table from the same pack, here, and the two side by side as docs/ renders them: the Random
+    # Forest, the same model in both, differs by exactly 0; M5 has no frozen row but its gain over M4.
+    frozen = tmp_path / "frozen"
+    result = subprocess.run([sys.executable, "scripts/reproduce_covers.py", "--labels", "paper3", "--protocols", "group",
+                             "--pack", ".devkit/table/pack", "--out", str(frozen), "--", "trainer.progress=false", *tiny],
+                            cwd=here, capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(here)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    renderer = _renderer()
+    side_by_side = renderer.covers_tables(str(frozen), str(here / table)).splitlines()
+    rf = next(line for line in side_by_side if "| group | RF |" in line)
+    assert "| +0.000 [+0.000, +0.000] | 1.000 |" in rf
+    m1 = next(line for line in side_by_side if "| group | M1 |" in line)
+    assert m1.count("[") == 3 and "not run yet" not in m1
+    assert any(line.startswith("| paper3 | group | ") and line.count("|") == 5 for line in side_by_side)  # M5 − M4
+    not_yet = renderer.covers_tables(str(frozen), str(tmp_path / "absent"))
+    assert "not run yet" in not_yet and "M5 − M4" not in not_yet
 
 
 def test_a_command_past_its_time_is_stopped_with_its_children_and_its_files_come_back(tmp_path):
