@@ -140,8 +140,9 @@ def reproduce(out_dir: Path, label_sets: list[str], protocols: list[str], mode: 
     """Run every row of the table; each model writes its own run folder under ``out_dir``.
 
     ``parallel`` rows train at once, each in a process of its own (one GPU holds several fine-tunes);
-    M4 and M5 start once their cell's M3 has finished. A row that fails is recorded with its error and
-    the rows that need it are skipped; the others go on. ``command`` is recorded with each row trained.
+    the M3 rows start first, and M4 and M5 once their cell's M3 has finished. A row that fails is
+    recorded with its error and the rows that need it are skipped; the others go on. ``command`` is
+    recorded with each row trained.
     Returns one row per (label set, protocol, model) with accuracy, its 95% interval, n, ``reused``
     (finished by an earlier call with the same config, see :func:`finished_metrics`) and where it was
     made (``machine``, ``commit``, ``command``), or ``note`` for a row not made.
@@ -159,6 +160,7 @@ def _run_rows(rows: list[TableRow], mode: str, command: str, parallel: int) -> d
     """Each row's result, rows run in dependency order, ``parallel`` at a time."""
     done: dict[tuple[str, str, str], dict] = {}
     waiting = list(rows)
+    awaited = {row.after for row in rows if row.after}
 
     def ready() -> list[TableRow]:
         """Rows whose dependency has finished; those whose dependency failed are recorded as skipped."""
@@ -172,7 +174,9 @@ def _run_rows(rows: list[TableRow], mode: str, command: str, parallel: int) -> d
                 done[row.key] = {**_row_head(row), "note": f"not run: {row.after[2]} did not finish", "skipped": True}
             else:
                 startable.append(row)
-        return startable
+        # The rows others wait for (M3) first: M4 and M5 then start while the table's other rows train,
+        # instead of after all of them.
+        return sorted(startable, key=lambda row: row.key not in awaited)
 
     if parallel <= 1:
         while waiting:

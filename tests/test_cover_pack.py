@@ -70,9 +70,14 @@ def test_a_changed_added_or_wrongly_sized_pack_is_refused(pack, tmp_path, monkey
 
 
 def test_a_failed_row_skips_only_the_rows_that_take_its_predictions(monkeypatch, tmp_path):
+    """The driver's scheduling, rows standing in for training: the M3 rows, which M4 and M5 wait for, start
+    first; a failed M3 skips its cell's M4 and M5 alone."""
     import covers.reproduce as reproduce
 
+    started = []
+
     def fake_row(row, mode, command):
+        started.append(row.key)
         if row.model == "M3" and row.protocol == "group":
             return {"labels": row.label_set, "protocol": row.protocol, "model": row.model, "failed": True}
         return {"labels": row.label_set, "protocol": row.protocol, "model": row.model, "accuracy": 0.5}
@@ -83,3 +88,5 @@ def test_a_failed_row_skips_only_the_rows_that_take_its_predictions(monkeypatch,
     skipped = {key for key, result in done.items() if result.get("skipped")}
     assert skipped == {("paper3", "group", "M4"), ("paper3", "group", "M5")}
     assert len(done) == len(rows) == 14
+    assert started[:2] == [("paper3", "group", "M3"), ("paper3", "random", "M3")]
+    assert started[-2:] == [("paper3", "random", "M4"), ("paper3", "random", "M5")]
