@@ -28,8 +28,8 @@ from covers.inputs import backbone_embeddings
 from covers.train import train_covers
 from data.config import compose_config, prepare_from_config
 from engine.inference import RESUME_CHECKPOINT
-from engine.predictions import predictions_content, predictions_file
 from engine.io import write_json
+from engine.predictions import predictions_content, predictions_file
 from engine.run import fit_estimator_and_report, machine_info
 
 log = logging.getLogger(__name__)

@@ -149,6 +149,7 @@ def tree_bytes(root: Path = ROOT) -> int:
 
 
 def folder_bytes(folder: Path) -> int:
+    """The bytes of every file under ``folder``."""
     return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
 
 
@@ -348,6 +349,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     size = spec["bytes"]
+    if str(spec["commit"]).endswith("+changes"):
+        print(f"warning: built from uncommitted changes: what runs there is recorded as {spec['commit']}; commit, "
+              "then build the kit again", file=sys.stderr)
     print(f"{out}: {args.part}, {len(spec['wheels'])} wheels, {size['kit'] / 2**20:.1f} MiB "
           f"(with the tree {size['total'] / 2**20:.1f} of {size['limit'] / 2**20:.0f} MiB), commit {spec['commit']}\n"
           f"There: run(command='bash scripts/device_session.sh {relative_to_root(out)} SECONDS', "
