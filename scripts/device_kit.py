@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tarfile
 import time
+import zipfile
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -125,7 +126,40 @@ def fetch_wheels(requirements: list[str], dest: Path) -> list[str]:
     foreign = [wheel for wheel in wheels if not installs_there(wheel)]
     if foreign:
         raise KitError(f"wheels that would not install on the lent machine (CPython 3.12, x86-64): {foreign}")
+    missing = unmet_requirements(dest)
+    if missing:
+        raise KitError(f"the wheels need distributions neither the machine's image nor the kit holds: {missing}; "
+                       "add them to PART_WHEELS")
     return wheels
+
+
+#: The lent machine, as environment markers see it (for a wheel's conditional requirements).
+MACHINE_MARKERS = {"python_version": "3.12", "python_full_version": "3.12.3", "implementation_name": "cpython",
+                   "platform_python_implementation": "CPython", "sys_platform": "linux", "platform_system": "Linux",
+                   "platform_machine": "x86_64", "os_name": "posix", "extra": ""}
+
+
+def unmet_requirements(folder: Path) -> list[str]:
+    """The requirements of the wheels in ``folder`` (on the lent machine: markers evaluated for it) that
+    neither the machine's image nor a wheel in ``folder`` provides (the wheels are installed with --no-deps)."""
+    from packaging.requirements import Requirement
+    from packaging.utils import parse_wheel_filename
+
+    wheels = sorted(folder.glob("*.whl"))
+    provided = DEVICE_IMAGE | {normalise(parse_wheel_filename(wheel.name)[0]) for wheel in wheels}
+    missing = set()
+    for wheel in wheels:
+        with zipfile.ZipFile(wheel) as archive:
+            metadata = next(name for name in archive.namelist() if name.endswith(".dist-info/METADATA"))
+            lines = archive.read(metadata).decode("utf-8", errors="replace").splitlines()
+        for line in lines:
+            if not line.startswith("Requires-Dist:"):
+                continue
+            requirement = Requirement(line.removeprefix("Requires-Dist:").strip())
+            if (requirement.marker is None or requirement.marker.evaluate(MACHINE_MARKERS)) \
+                    and normalise(requirement.name) not in provided:
+                missing.add(f"{requirement.name} (for {wheel.name})")
+    return sorted(missing)
 
 
 def installs_there(wheel: str) -> bool:

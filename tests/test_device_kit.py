@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tarfile
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -267,3 +268,24 @@ def test_a_kit_over_the_carry_limit_or_outside_the_checkout_is_refused(pack, tmp
 ])
 def test_only_wheels_for_the_lent_machines_python_and_processor_are_carried(wheel, installs):
     assert _kit_module().installs_there(wheel) is installs
+
+
+def test_a_requirement_neither_the_image_nor_the_kit_holds_is_named(tmp_path):
+    """Wheels are installed there with --no-deps: each one's requirements (markers read as the machine's
+    CPython 3.12 on Linux) must be on the image or among the other wheels."""
+    def wheel(name: str, *requires: str) -> None:
+        with zipfile.ZipFile(tmp_path / f"{name}-1.0-py3-none-any.whl", "w") as archive:
+            archive.writestr(f"{name}-1.0.dist-info/METADATA", "Metadata-Version: 2.1\nName: " + name + "\n"
+                             + "".join(f"Requires-Dist: {r}\n" for r in requires))
+
+    wheel("soundfile", "cffi>=1.0", "numpy")  # numpy: on the image
+    wheel("audioread", 'standard-aifc; python_version >= "3.13"')  # not for 3.12
+    wheel("omegaconf", "antlr4-python3-runtime==4.9.*", 'dataclasses; python_version == "3.6"')
+    wheel("antlr4_python3_runtime")
+    wheel("pooch", "Platformdirs>=2.5", 'pytest-cov; extra == "test"')  # an extra is not installed
+    kit = _kit_module()
+    assert kit.unmet_requirements(tmp_path) == ["Platformdirs (for pooch-1.0-py3-none-any.whl)",
+                                                "cffi (for soundfile-1.0-py3-none-any.whl)"]
+    wheel("cffi", "pycparser")
+    wheel("platformdirs")
+    assert kit.unmet_requirements(tmp_path) == ["pycparser (for cffi-1.0-py3-none-any.whl)"]
