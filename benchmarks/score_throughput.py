@@ -14,7 +14,8 @@ Reported per model: start-up (model loading and feature workers, before the firs
 the job, the seconds to the first written batch, steady-state tracks/s after it, and each pipeline
 stage's busy share of the job's time (the stage nearest 1.0 bounds it). Writes
 ``benchmarks/results/score_throughput[_cuda][_paired][_bf16].json`` with the machine it ran on
-(``_bf16``: the cover network in bf16 where the device's default, ``auto``, is not).
+(``_bf16``: the cover network in bf16 where the device's default, ``auto``, is not), after each model
+(``complete`` once all three are in).
 """
 from __future__ import annotations
 
@@ -86,9 +87,22 @@ def main(model_dir: str, n_rows: int = 2000, n_jobs: int = 2, source: str = "gtz
          distinct: int = 48, cover_precision: str = "auto") -> dict:
     covers, audio = source_files(source, distinct)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    runs = {}
-    for name, folder in (("fused", Path(model_dir)), ("covers only", Path(model_dir) / "covers"),
-                         ("audio only", Path(model_dir) / "audio")):
+    runs: dict[str, dict] = {}
+    result = {
+        "what": "scripts/score.py path (scoring.jobs.score_table, pipelined): fetch, decode covers, GTZAN features, "
+                "cover network, audio model, fusion, write; caching off, every row's files under their own names; "
+                "1 row in 20 broken on purpose; start-up (model load, feature workers) timed apart",
+        "source": source, "distinct_files": len(audio), "n_rows": n_rows, "n_jobs": n_jobs, "device": device,
+        "cover_precision": cover_precision, "runs": runs, "complete": False,
+        "command": f"python benchmarks/score_throughput.py MODEL_DIR {n_rows} {n_jobs} {source} {batch_size} {distinct}"
+                   + (f" {cover_precision}" if cover_precision != "auto" else ""),
+        "machine": machine_info(),
+    }
+    name = "score_throughput" + ("_cuda" if device == "cuda" else "") + ("_paired" if source == "paired" else "") \
+        + ("_bf16" if cover_precision == "bf16" and device != "cuda" else "")
+    out = Path(__file__).resolve().parent / "results" / f"{name}.json"
+    for model, folder in (("fused", Path(model_dir)), ("covers only", Path(model_dir) / "covers"),
+                          ("audio only", Path(model_dir) / "audio")):
         with tempfile.TemporaryDirectory() as scratch:
             scratch = Path(scratch)
             tracks = track_table(n_rows, scratch, covers, audio)
@@ -100,27 +114,16 @@ def main(model_dir: str, n_rows: int = 2000, n_jobs: int = 2, source: str = "gtz
             summary = score_table(tracks, folder, scratch / "scores.csv", batch_size=batch_size, cache_dir=None,
                                   n_jobs=n_jobs, device="auto", progress=True, cover_precision=cover_precision)
             scores = pd.read_csv(scratch / "scores.csv", keep_default_na=False)
-        runs[name] = {"model_dir": str(folder), "output_rows": len(scores), "startup_seconds": round(startup, 2),
-                      "seconds": summary["seconds"], "seconds_to_first_batch": summary.get("seconds_to_first_batch"),
-                      "tracks_per_s": summary["tracks_per_s"], "steady_tracks_per_s": summary.get("steady_tracks_per_s"),
-                      "batch_size": summary["batch_size"], "stage_busy_share": summary["stage_busy_share"],
-                      "statuses": scores["status"].where(scores["status"] == "ok", "not ok").value_counts().to_dict(),
-                      "modalities": scores["modalities"].value_counts().to_dict()}
-        print(name, json.dumps(runs[name]), flush=True)
-    result = {
-        "what": "scripts/score.py path (scoring.jobs.score_table, pipelined): fetch, decode covers, GTZAN features, "
-                "cover network, audio model, fusion, write; caching off, every row's files under their own names; "
-                "1 row in 20 broken on purpose; start-up (model load, feature workers) timed apart",
-        "source": source, "distinct_files": len(audio), "n_rows": n_rows, "n_jobs": n_jobs, "device": device,
-        "cover_precision": cover_precision, "runs": runs,
-        "command": f"python benchmarks/score_throughput.py MODEL_DIR {n_rows} {n_jobs} {source} {batch_size} {distinct}"
-                   + (f" {cover_precision}" if cover_precision != "auto" else ""),
-        "machine": machine_info(),
-    }
-    name = "score_throughput" + ("_cuda" if device == "cuda" else "") + ("_paired" if source == "paired" else "") \
-        + ("_bf16" if cover_precision == "bf16" and device != "cuda" else "")
-    out = Path(__file__).resolve().parent / "results" / f"{name}.json"
-    write_json(out, result)
+        runs[model] = {"model_dir": str(folder), "output_rows": len(scores), "startup_seconds": round(startup, 2),
+                       "seconds": summary["seconds"], "seconds_to_first_batch": summary.get("seconds_to_first_batch"),
+                       "tracks_per_s": summary["tracks_per_s"], "steady_tracks_per_s": summary.get("steady_tracks_per_s"),
+                       "batch_size": summary["batch_size"], "stage_busy_share": summary["stage_busy_share"],
+                       "statuses": scores["status"].where(scores["status"] == "ok", "not ok").value_counts().to_dict(),
+                       "modalities": scores["modalities"].value_counts().to_dict()}
+        print(model, json.dumps(runs[model]), flush=True)
+        # Written after every model: a run stopped at a time limit (a lent machine's) keeps the ones finished.
+        result["complete"] = len(runs) == 3
+        write_json(out, result)
     print(json.dumps({k: v for k, v in result.items() if k != "machine"}, indent=2))
     return result
 

@@ -203,6 +203,8 @@ def speed() -> str:
                          f"| {run['steady_tracks_per_s']} | {run['tracks_per_s']} | "
                          + ", ".join(f"{stage} {share:.0%}" for stage, share in busiest)
                          + f" | {run['output_rows']} |")
+        if scoring.get("complete") is False:
+            lines += ["", "(Incomplete: the run ended before every model was measured.)"]
         lines += _note(scoring)
     if ray := _load("ray_scoring.json"):
         lines += [f"**Scoring engines, local and Ray** (`{ray['command']}`; {ray['n_rows']} rows; {_machine(ray)}):", "",

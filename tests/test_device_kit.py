@@ -111,7 +111,7 @@ def test_the_scoring_kit_runs_the_benchmark_in_a_bare_copy_and_brings_it_back(ma
     with archive(out) as tar:
         assert tar.getnames() == ["benchmarks/results/score_throughput.json"]
         result = json.load(tar.extractfile("benchmarks/results/score_throughput.json"))
-    assert result["n_rows"] == 40 and result["distinct_files"] == 4
+    assert result["n_rows"] == 40 and result["distinct_files"] == 4 and result["complete"]
     assert {name: run["output_rows"] for name, run in result["runs"].items()} == \
         {"fused": 40, "covers only": 40, "audio only": 40}
     assert result["machine"]["git_commit"] == kit["commit"]
