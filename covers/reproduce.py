@@ -12,7 +12,7 @@ import multiprocessing
 import os
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +44,8 @@ FINISHED_OUTPUTS = ("metrics.json", "predictions.csv", "predictions.csv.gz")
 ROW_RECORD = "row.json"
 #: Written when a row starts: digests of what it reads besides its config and data (M4/M5: M3's predictions).
 ROW_INPUTS = "inputs.json"
+#: The note of a row a call has not finished (yet: the table is written after every row).
+NOT_FINISHED = "not finished by this call"
 #: This checkout's root. A row records the root of the checkout that made it, so rows made in another copy
 #: of the repository (a lent machine's) are reused here and there: their configs differ only by that prefix.
 CHECKOUT = Path(__file__).resolve().parents[1]
@@ -136,7 +138,8 @@ def table_rows(out_dir: Path, label_sets: Sequence[str], protocols: Sequence[str
 
 
 def reproduce(out_dir: Path, label_sets: list[str], protocols: list[str], mode: str, backbone: str,
-              extra_overrides: Sequence[str] = (), parallel: int = 1, command: str = "") -> pd.DataFrame:
+              extra_overrides: Sequence[str] = (), parallel: int = 1, command: str = "",
+              on_row: Callable[[pd.DataFrame], None] | None = None) -> pd.DataFrame:
     """Run every row of the table; each model writes its own run folder under ``out_dir``.
 
     ``parallel`` rows train at once, each in a process of its own (one GPU holds several fine-tunes);
@@ -145,19 +148,27 @@ def reproduce(out_dir: Path, label_sets: list[str], protocols: list[str], mode: 
     recorded with each row trained.
     Returns one row per (label set, protocol, model) with accuracy, its 95% interval, n, ``reused``
     (finished by an earlier call with the same config, see :func:`finished_metrics`) and where it was
-    made (``machine``, ``commit``, ``command``), or ``note`` for a row not made.
+    made (``machine``, ``commit``, ``command``), or ``note`` for a row not made. ``on_row`` is handed that
+    frame after every row that ends, the rows still to come noted as such (so a call stopped midway leaves
+    a table of what it finished).
     """
     rows = table_rows(out_dir, label_sets, protocols, mode, backbone, extra_overrides)
     # Absent pretrained weights fail here, before the first row, not after the Random Forests have run.
     first_cnn = next(row for row in rows if row.model == "M1")
     model_cfg = compose_config(list(first_cnn.overrides)).covers.model
     create_backbone(model_cfg.backbone, pretrained=True, weights_path=model_cfg.weights_path)
-    done = _run_rows(rows, mode, command, parallel)
-    return pd.DataFrame([done[row.key] for row in rows])
+
+    def table(done: dict[tuple[str, str, str], dict]) -> pd.DataFrame:
+        return pd.DataFrame([done.get(row.key) or {**_row_head(row), "note": NOT_FINISHED} for row in rows])
+
+    done = _run_rows(rows, mode, command, parallel, (lambda done: on_row(table(done))) if on_row else None)
+    return table(done)
 
 
-def _run_rows(rows: list[TableRow], mode: str, command: str, parallel: int) -> dict[tuple[str, str, str], dict]:
-    """Each row's result, rows run in dependency order, ``parallel`` at a time."""
+def _run_rows(rows: list[TableRow], mode: str, command: str, parallel: int,
+              on_row: Callable[[dict], None] | None = None) -> dict[tuple[str, str, str], dict]:
+    """Each row's result, rows run in dependency order, ``parallel`` at a time; ``on_row`` is handed the
+    results so far after every row that ends."""
     done: dict[tuple[str, str, str], dict] = {}
     waiting = list(rows)
     awaited = {row.after for row in rows if row.after}
@@ -178,10 +189,22 @@ def _run_rows(rows: list[TableRow], mode: str, command: str, parallel: int) -> d
         # instead of after all of them.
         return sorted(startable, key=lambda row: row.key not in awaited)
 
+    # Rows an earlier call finished are taken here, before any row starts: they need no process, and the
+    # table written after each row lists them from the first. A row whose dependency is to be trained
+    # again waits for it (its class weights may change).
+    for row in rows:
+        if row.after is None or done.get(row.after, {}).get("reused"):
+            if (result := reused_row(row, mode)) is not None:
+                done[row.key] = result
+                waiting.remove(row)
+    if done and on_row:
+        on_row(done)
     if parallel <= 1:
         while waiting:
             for row in ready():
                 done[row.key] = run_row(row, mode, command)
+                if on_row:
+                    on_row(done)
         return done
     with ProcessPoolExecutor(max_workers=parallel, mp_context=multiprocessing.get_context("spawn"),
                              initializer=_worker_setup, initargs=(parallel,)) as pool:
@@ -194,6 +217,8 @@ def _run_rows(rows: list[TableRow], mode: str, command: str, parallel: int) -> d
                     done[row.key] = future.result()
                 except Exception as error:  # noqa: BLE001 — a worker that died: recorded, the table goes on
                     done[row.key] = _failed(row, error)
+            if on_row:
+                on_row(done)
             running.update({pool.submit(run_row, row, mode, command): row for row in ready()})
     return done
 
@@ -239,10 +264,28 @@ def run_row(row: TableRow, mode: str, command: str) -> dict[str, Any]:
             write_json(row.run_dir / ROW_RECORD, record)
     except Exception as error:  # noqa: BLE001 — recorded in the table; the other rows go on
         return _failed(row, error)
-    made = _made(row.run_dir)
+    return _row_result(row, metrics, reused)
+
+
+def reused_row(row: TableRow, mode: str) -> dict[str, Any] | None:
+    """The row's result when an earlier call finished it with the same config (nothing to train), else
+    ``None`` (also for a row whose config does not compose: running it reports that)."""
+    if row.model == "confound" or (row.model == "M5" and mode == "frozen"):
+        return None
+    try:
+        metrics = finished_metrics(row.run_dir, compose_config(list(row.overrides)))
+    except Exception:  # noqa: BLE001 — run_row records the error when the row runs
+        return None
+    if metrics is None:
+        return None
+    log.info("%s was finished by an earlier call with the same config: reused", row.run_dir)
+    return _row_result(row, metrics, reused=True)
+
+
+def _row_result(row: TableRow, metrics: dict[str, Any], reused: bool) -> dict[str, Any]:
     return {**_row_head(row), "n": metrics["n"], "accuracy": metrics["accuracy"], "ci95": metrics["ci95"]["accuracy"],
             "paper": PAPER[row.label_set].get("random_forest" if row.model == "RF" else "cnn"), "reused": reused,
-            **made}
+            **_made(row.run_dir)}
 
 
 def _made(run_dir: Path) -> dict[str, Any]:

@@ -137,8 +137,9 @@ def covers_tables(frozen: str, finetuned: str) -> str:
         lines.append(f"| {' | '.join(key)} | {paper} | {_score(row)} | {_score(tuned_rows.get(key))} | "
                      f"{difference} | {p_value} |")
     lines += ["", f"Frozen: `{frozen}` (`{frozen_result['command']}`). Fine-tuned: "
-              + (f"`{finetuned}` (`{tuned_result['command']}`)." if tuned_result else
-                 f"`{finetuned}`, not run yet (it needs a GPU machine).")]
+              + (f"`{finetuned}` (`{tuned_result['command']}`"
+                 + (", stopped before every row was finished" if tuned_result.get("complete") is False else "") + ")."
+                 if tuned_result else f"`{finetuned}`, not run yet (it needs a GPU machine).")]
     m5_rows = [key for key in tuned_rows if key[2] == "M5"]
     if m5_rows:
         lines += ["", "| labels | protocol | M5 − M4, fine-tuned [95% CI] | McNemar p |", "|---|---|---|---|"]

@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
+
 from covers.backbones import create_backbone
 from covers.pack import pack_digest, pack_overrides, verify_cover_pack
 from covers.reproduce import format_table, reproduce
@@ -48,23 +50,32 @@ def main(argv: list[str] | None = None) -> int:
         overrides = [*pack_overrides(args.pack), *overrides]
     command = " ".join(["genrefusion reproduce-covers", *(sys.argv[1:] if argv is None else argv)])
     started = time.perf_counter()
-    results = reproduce(out, args.labels, args.protocols, args.mode, args.backbone, overrides, args.parallel, command)
-    seconds = round(time.perf_counter() - started, 1)
     machine = machine_info()
-    reused = int(results["reused"].eq(True).sum())
-    # The table says how it was made, so it stands on its own when copied out of the run folder.
-    table = format_table(results, args.mode, args.backbone) + (
-        f"\n\nThis call: `{command}` ({seconds} s; {reused} of {int(results['reused'].notna().sum())} "
-        "rows reused from an earlier call)  \n"
-        f"Machine: {machine['cpu']}, {machine['cpu_cores']} cores, GPU: {machine['gpu'] or 'none'}, "
-        f"torch {machine['versions']['torch']}, commit {machine['git_commit']}"
-        + (f"  \nCovers and splits from the pack {args.pack} (digest {pack_digest(pack)[:12]}, "
-           f"{pack['image_format']} at {pack['size']} px)" if pack else ""))
-    (out / "table.md").write_text(table + "\n")
-    write_json(out / "results.json", {"rows": results.to_dict(orient="records"), "machine": machine,
-                                      "command": command, "seconds": seconds,
-                                      "pack": {"digest": pack_digest(pack), "size": pack["size"],
-                                               "image_format": pack["image_format"]} if pack else None})
+
+    def write_table(results: pd.DataFrame, complete: bool) -> str:
+        """table.md and results.json of the rows so far (after every row, so a stopped call leaves them)."""
+        seconds = round(time.perf_counter() - started, 1)
+        reused = int(results["reused"].eq(True).sum()) if "reused" in results.columns else 0
+        made = int(results["reused"].notna().sum()) if "reused" in results.columns else 0
+        # The table says how it was made, so it stands on its own when copied out of the run folder.
+        table = format_table(results, args.mode, args.backbone) + (
+            f"\n\nThis call: `{command}` ({seconds} s{'' if complete else ', still running or stopped'}; {reused} of "
+            f"{made} rows reused from an earlier call)  \n"
+            f"Machine: {machine['cpu']}, {machine['cpu_cores']} cores, GPU: {machine['gpu'] or 'none'}, "
+            f"torch {machine['versions']['torch']}, commit {machine['git_commit']}"
+            + (f"  \nCovers and splits from the pack {args.pack} (digest {pack_digest(pack)[:12]}, "
+               f"{pack['image_format']} at {pack['size']} px)" if pack else ""))
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "table.md").write_text(table + "\n")
+        write_json(out / "results.json", {"rows": results.to_dict(orient="records"), "machine": machine,
+                                          "command": command, "seconds": seconds, "complete": complete,
+                                          "pack": {"digest": pack_digest(pack), "size": pack["size"],
+                                                   "image_format": pack["image_format"]} if pack else None})
+        return table
+
+    results = reproduce(out, args.labels, args.protocols, args.mode, args.backbone, overrides, args.parallel, command,
+                        on_row=lambda so_far: write_table(so_far, complete=False))
+    table = write_table(results, complete=True)
     print(table + f"\n\nRun folders and table: {out}")
     failed = int(results["failed"].eq(True).sum()) if "failed" in results.columns else 0
     if failed:

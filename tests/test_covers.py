@@ -247,7 +247,7 @@ def test_m4_weights_are_inverse_validation_precision(tmp_path):
 
 @pytest.mark.slow
 def test_reproduction_table_resumes_and_stops_at_once_without_weights(discogs_covers_csv, tmp_path, monkeypatch):
-    from covers.reproduce import format_table, reproduce
+    from covers.reproduce import NOT_FINISHED, format_table, reproduce
 
     import covers.reproduce
 
@@ -261,11 +261,19 @@ def test_reproduction_table_resumes_and_stops_at_once_without_weights(discogs_co
                  "+covers.n_estimators=50"]
     out = here / "table"
 
+    frames: list[pd.DataFrame] = []
+
     def run(root: Path = here) -> pd.DataFrame:
         rooted = [o.replace(str(here), str(root)) for o in overrides]
-        return reproduce(root / "table", ["paper3"], ["group"], "frozen", "efficientnet_lite0", rooted)
+        frames.clear()
+        return reproduce(root / "table", ["paper3"], ["group"], "frozen", "efficientnet_lite0", rooted,
+                         on_row=frames.append)
 
     first = run()
+    # The table after every row that ended, the rows still to come noted so (a stopped call leaves that).
+    assert len(frames) == len(first) == 7
+    assert [list(frame["note"].eq(NOT_FINISHED)).count(True) for frame in frames] == [6, 5, 4, 3, 2, 1, 0]
+    pd.testing.assert_frame_equal(frames[-1], first)
     models = first[first["model"].isin(["RF", "M1", "M2", "M3", "M4"])]
     assert list(models["model"]) == ["RF", "M1", "M2", "M3", "M4"]
     assert models["n"].nunique() == 1  # every model on the same test items
@@ -281,6 +289,8 @@ def test_reproduction_table_resumes_and_stops_at_once_without_weights(discogs_co
     before = stamps()
     again = run()  # everything finished: nothing is trained again
     assert stamps() == before
+    # Taken before any row started: the first table written already lists every finished row.
+    assert set(frames[0].loc[frames[0]["note"].eq(NOT_FINISHED), "model"]) == {"M5", "confound"}
     assert not first["reused"].dropna().any() and again["reused"].dropna().all()  # NaN: M5/confound rows
     pd.testing.assert_frame_equal(again.drop(columns=["ci95", "reused"]), first.drop(columns=["ci95", "reused"]))
 

@@ -152,7 +152,9 @@ def test_the_table_kit_fine_tunes_rows_there_which_a_checkout_here_reuses(pack, 
                     ("config.yaml", "metrics.json", "predictions.csv", "row.json", "inputs.json")} <= names
         assert {f"{table}/results.json", f"{table}/table.md"} <= names
         assert not any(name.endswith(".pt") for name in names)
-        first = {row["model"]: row for row in json.load(tar.extractfile(f"{table}/results.json"))["rows"]}
+        finished = json.load(tar.extractfile(f"{table}/results.json"))
+        assert finished["complete"]
+        first = {row["model"]: row for row in finished["rows"]}
         # Brought back: unpacked into another checkout (another root) with the same kit and the predictions
         # compressed as results/ commits them.
         here = copy_checkout(tmp_path / "here")
@@ -196,6 +198,10 @@ def test_the_table_kit_fine_tunes_rows_there_which_a_checkout_here_reuses(pack, 
     assert any(line.startswith("| paper3 | group | ") and line.count("|") == 5 for line in side_by_side)  # M5 − M4
     not_yet = renderer.covers_tables(str(frozen), str(tmp_path / "absent"))
     assert "not run yet" in not_yet and "M5 − M4" not in not_yet
+    assert "stopped before every row" not in "\n".join(side_by_side)
+    stopped = json.loads((here / table / "results.json").read_text()) | {"complete": False}
+    (here / table / "results.json").write_text(json.dumps(stopped))
+    assert "stopped before every row was finished" in renderer.covers_tables(str(frozen), str(here / table))
 
 
 def test_a_command_past_its_time_is_stopped_with_its_children_and_its_files_come_back(tmp_path):
