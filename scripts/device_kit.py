@@ -318,16 +318,17 @@ def run_kit(kit: Path, seconds: float, out: Path) -> int:
 
 
 def _stop(process: subprocess.Popen) -> None:
-    """Stop the command and every process it started (row workers, feature workers)."""
+    """Stop the command and every process it started (row workers, feature workers): asked first, so that it
+    can finish writing a file; then killed, with whatever of its group is left."""
     for sig, grace in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
         try:
             os.killpg(process.pid, sig)
-            process.wait(timeout=grace)
-            return
         except ProcessLookupError:
-            return
+            return  # the whole group has ended
+        try:
+            process.wait(timeout=grace)
         except subprocess.TimeoutExpired:
-            continue
+            pass
 
 
 def collect(paths: list[str], since: float, archive: Path) -> list[str]:

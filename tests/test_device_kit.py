@@ -205,8 +205,9 @@ def test_the_table_kit_fine_tunes_rows_there_which_a_checkout_here_reuses(pack, 
 
 
 def test_a_command_past_its_time_is_stopped_with_its_children_and_its_files_come_back(tmp_path):
-    """``run`` alone (standard library only): the kit's command and a process it started are stopped at the
-    time limit, and the files written so far come back without checkpoints."""
+    """``run`` alone (standard library only): the kit's command and a process it started, one that ignores
+    the request to stop, are ended at the time limit, and the files written so far come back without
+    checkpoints."""
     checkout = tmp_path / "checkout"
     (checkout / "scripts").mkdir(parents=True)
     shutil.copy2(ROOT / "scripts" / "device_kit.py", checkout / "scripts")
@@ -214,7 +215,8 @@ def test_a_command_past_its_time_is_stopped_with_its_children_and_its_files_come
         "import pathlib, subprocess, sys, time\n"
         "out = pathlib.Path('written'); out.mkdir()\n"
         "(out / 'row.json').write_text('{}'); (out / 'last.pt').write_bytes(b'0')\n"
-        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import signal, time; "
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(120)'])\n"
         "(out / 'child.pid').write_text(str(child.pid))\n"
         "print('started', flush=True); time.sleep(120)\n")
     kit = tmp_path / "kit"
