@@ -248,23 +248,19 @@ def run_row(row: TableRow, mode: str, command: str) -> dict[str, Any]:
             return _failed(row, error)
     if row.model == "M5" and mode == "frozen":
         return {**_row_head(row), "note": "needs covers.mode=finetune (augmentation changes pixels)"}
+    if (finished := reused_row(row, mode)) is not None:
+        return finished
     try:
         cfg = compose_config(list(row.overrides))
-        metrics = finished_metrics(row.run_dir, cfg)
-        reused = metrics is not None
-        if reused:
-            log.info("%s was finished by an earlier call with the same config: reused", row.run_dir)
-        else:
-            _start_row(row.run_dir, cfg)
-            started = time.perf_counter()
-            metrics = train_covers(cfg, row.run_dir)
-            record = {"command": command, "machine": machine_info(), "checkout": str(CHECKOUT),
-                      "seconds": round(time.perf_counter() - started, 1),
-                      "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
-            write_json(row.run_dir / ROW_RECORD, record)
+        _start_row(row.run_dir, cfg)
+        started = time.perf_counter()
+        metrics = train_covers(cfg, row.run_dir)
+        write_json(row.run_dir / ROW_RECORD, {"command": command, "machine": machine_info(), "checkout": str(CHECKOUT),
+                                              "seconds": round(time.perf_counter() - started, 1),
+                                              "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
     except Exception as error:  # noqa: BLE001 — recorded in the table; the other rows go on
         return _failed(row, error)
-    return _row_result(row, metrics, reused)
+    return _row_result(row, metrics, reused=False)
 
 
 def reused_row(row: TableRow, mode: str) -> dict[str, Any] | None:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import runpy
 import shutil
 import signal
@@ -88,7 +87,9 @@ class KitError(Exception):
 
 def normalise(name: str) -> str:
     """A distribution's name as PEP 503 compares it."""
-    return re.sub(r"[-_.]+", "-", name).lower()
+    from packaging.utils import canonicalize_name
+
+    return canonicalize_name(name)
 
 
 def backbone_wheels(backbone: str) -> list[str]:
