@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from covers.backbones import create_backbone
 from covers.inputs import backbone_embeddings
 from covers.train import train_covers
-from data.config import compose_config, prepare_from_config
+from data.config import compose_config, prepare_from_config, tables_loaded_once
 from engine.inference import RESUME_CHECKPOINT
 from engine.io import write_json
 from engine.predictions import predictions_content, predictions_file
@@ -200,11 +200,12 @@ def _run_rows(rows: list[TableRow], mode: str, command: str, parallel: int,
     if done and on_row:
         on_row(done)
     if parallel <= 1:
-        while waiting:
-            for row in ready():
-                done[row.key] = run_row(row, mode, command)
-                if on_row:
-                    on_row(done)
+        with tables_loaded_once():  # the rows of one call share each covers table, read once
+            while waiting:
+                for row in ready():
+                    done[row.key] = run_row(row, mode, command)
+                    if on_row:
+                        on_row(done)
         return done
     with ProcessPoolExecutor(max_workers=parallel, mp_context=multiprocessing.get_context("spawn"),
                              initializer=_worker_setup, initargs=(parallel,)) as pool:

@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 
 from engine import distributed
 from engine.cli import report_user_errors
-from data.config import check_crossfit_possible, register_configs, split_spec
+from data.config import check_crossfit_possible, register_configs, split_spec, tables_loaded_once
 from engine.selection import CANDIDATES_DIR, write_selection_summary
 from engine.tracking import check_tracking, track_run
 from engine.settings import with_values
@@ -58,17 +58,18 @@ def main(cfg: DictConfig) -> float:
     if distributed.init_from_environment() and not distributed.is_main_process():
         logging.getLogger().setLevel(logging.WARNING)  # rank 0 tells the story
     try:
-        if cfg.get("data") and cfg.data.get("catalogue"):
-            from acquire.catalogue import fetch_catalogue, has_urls
+        with tables_loaded_once():  # one load of each item table for all of the run's trainings
+            if cfg.get("data") and cfg.data.get("catalogue"):
+                from acquire.catalogue import fetch_catalogue, has_urls
 
-            if has_urls(cfg.data.catalogue):  # fetched once, by rank 0; the others wait for its table
-                fetched = fetch_catalogue(cfg.data.catalogue, cfg.paths.download_dir) \
-                    if distributed.is_main_process() else None
-                cfg = with_values(cfg, {"data.loader.path": str(distributed.broadcast_object(fetched))})
-        if cfg.split.protocol == "kfold" and cfg.split.fold is None:
-            rows = run_folds(cfg, run_dir, int(cfg.split.folds))
-        else:
-            rows = run_once(cfg, run_dir)
+                if has_urls(cfg.data.catalogue):  # fetched once, by rank 0; the others wait for its table
+                    fetched = fetch_catalogue(cfg.data.catalogue, cfg.paths.download_dir) \
+                        if distributed.is_main_process() else None
+                    cfg = with_values(cfg, {"data.loader.path": str(distributed.broadcast_object(fetched))})
+            if cfg.split.protocol == "kfold" and cfg.split.fold is None:
+                rows = run_folds(cfg, run_dir, int(cfg.split.folds))
+            else:
+                rows = run_once(cfg, run_dir)
     finally:
         distributed.shut_down()
     if distributed.launched_rank() == 0:

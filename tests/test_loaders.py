@@ -159,3 +159,27 @@ def test_one_reader_drops_bad_records_for_item_tables_and_keeps_them_for_track_t
     table, _ = read_track_table(path)
     assert table["row"].tolist() == [0, 1, 2, 3]
     assert table["row_error"].tolist() == [error for _, _, error in records]
+
+
+def test_a_run_loads_each_item_table_once_and_hands_out_copies(tmp_path, covers_loaded):
+    from omegaconf import OmegaConf
+
+    from data.config import load_items, tables_loaded_once
+
+    source = covers_loaded.items["cover_path"].iloc[:2].tolist()
+    (tmp_path / "img").mkdir()
+    for i, path in enumerate(source):
+        shutil.copy(path, tmp_path / "img" / f"{i}.jpg")
+    table = tmp_path / "mine.csv"
+    _write_csv(table, ["path", "genre"], [["img/0.jpg", "jazz"], ["img/1.jpg", "rock"]])
+    loader = OmegaConf.create({"_target_": "data.covers.load_covers_table", "csv_path": str(table)})
+    other = OmegaConf.create({"_target_": "data.covers.load_covers_table", "csv_path": str(table), "sources": None,
+                              "base_dir": str(tmp_path)})
+    with tables_loaded_once():
+        first = load_items(loader)
+        first.items.loc[:, "label"] = "changed by its caller"
+        _write_csv(table, ["path", "genre"], [["img/0.jpg", "pop"]])
+        # The same loader again: the table the block loaded first, unchanged by the first caller.
+        assert load_items(loader).items["label"].tolist() == ["jazz", "rock"]
+        assert load_items(other).items["label"].tolist() == ["pop"]  # another loader config loads anew
+    assert load_items(loader).items["label"].tolist() == ["pop"]  # outside a block every call loads
