@@ -13,12 +13,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from torch import nn
+from torch.utils.data import TensorDataset
 
 from covers.backbones import BackboneInfo, MapsBackbone, PixelNormaliser
 from covers.images import CoverError, check_cover_file, load_cover
 from data.items import LoadResult, file_digest, problems_frame
 from engine.cache import ArrayCache, cache_key
-from engine.inference import resolve_device
+from engine.inference import predict_outputs
 from engine.progress import progress_bar
 
 #: Bump when a feature computation changes, so old cache entries stop matching.
@@ -107,15 +109,13 @@ def backbone_embeddings(items: pd.DataFrame, backbone: MapsBackbone, info: Backb
     if not info.weights:
         raise ValueError(f"{info.name}: embeddings are cached by their weights file; this backbone has none "
                          "(random initialisation gives no reusable embeddings)")
-    device_ = resolve_device(device)
-    model = backbone.to(device_).eval()
-    normalise = PixelNormaliser(info).to(device_)
+    network = nn.Sequential(PixelNormaliser(info), backbone)
     params = {"backbone": info.name, "weights": _weights_digest(str(info.weights)),
               "size": info.input_size, "mean": info.mean, "std": info.std}
 
-    @torch.no_grad()
     def embed(images: np.ndarray) -> np.ndarray:
-        return model(normalise(pixels_first(images).to(device_))).float().cpu().numpy()
+        pixels = pixels_first(images)
+        return predict_outputs(network, TensorDataset(pixels, torch.zeros(len(pixels))), batch_size, device, images=True)
 
     return _per_cover(items, "cover_embeddings", params, cache_dir, info.input_size, embed, batch_size,
                       f"{info.name} embeddings", progress)

@@ -118,7 +118,7 @@ def predict_decoded_covers(model: CoverModel, x: np.ndarray, device: str = "auto
     if len(x) == 0:
         return np.zeros((0, len(model.labels)))
     return predict_proba(model.network, CoverImages(x, np.zeros(len(x), dtype=np.int64)), device=device,
-                         channels_last=True, precision=precision)
+                         images=True, precision=precision)
 
 
 def predict_covers(model: CoverModel, items: pd.DataFrame, cache_dir: str | Path | None = None,
@@ -134,4 +134,4 @@ def cover_embeddings(model: CoverModel, x: np.ndarray, device: str = "auto") -> 
     if model.mode == "frozen" or len(x) == 0:
         return np.asarray(x, dtype=np.float32)
     return predict_outputs(nn.Sequential(model.network.pixels, model.network.backbone),
-                           CoverImages(x, np.zeros(len(x), dtype=np.int64)), device=device)
+                           CoverImages(x, np.zeros(len(x), dtype=np.int64)), device=device, images=True)

@@ -207,6 +207,25 @@ def speed() -> str:
         if scoring.get("complete") is False:
             lines += ["", "(Incomplete: the run ended before every model was measured.)"]
         lines += _note(scoring)
+    if passes := _load("image_pass_speed.json"):
+        sizes = [str(size) for size in passes["pass_sizes"]]
+        lines += [f"**Cover network per forward pass on the CPU** (`{passes['command']}`; {passes['covers']} real covers, "
+                  f"{passes['precision']}, {passes['memory_format'].replace('_', ' ')}, median of {passes['rounds']} "
+                  f"rounds; {_machine(passes)}): ms per cover by covers per pass, and what scoring runs "
+                  f"(`predict_proba`, passes of {passes['cpu_image_batch']}):", "",
+                  "| backbone | threads | " + " | ".join(sizes) + " | scoring's path |",
+                  "|---|---|" + "---|" * (len(sizes) + 1)]
+        for backbone, run in passes["backbones"].items():
+            for threads, timing in run["threads"].items():
+                by_size = timing["ms_per_cover_by_pass_size"]
+                lines.append(f"| {backbone} ({run['input_size']} px) | {threads} | "
+                             + " | ".join(str(by_size[size]) for size in sizes)
+                             + f" | {timing['predict_proba_ms_per_cover']} |")
+        largest = max(diff for run in passes["backbones"].values()
+                      for diff in run["max_probability_difference_from_one_pass"].values())
+        lines += ["", f"Probabilities of every pass size within {largest:.1e} of one pass of all covers.", *_note(passes)]
+        if passes.get("complete") is False:
+            lines += ["(Incomplete: the run ended before every backbone was measured.)", ""]
     if ray := _load("ray_scoring.json"):
         lines += [f"**Scoring engines, local and Ray** (`{ray['command']}`; {ray['n_rows']} rows; {_machine(ray)}):", "",
                   "| engine | tracks/s | output rows | hours per million tracks, one node |", "|---|---|---|---|"]

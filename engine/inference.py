@@ -7,7 +7,7 @@ so a model file can never run code.
 from __future__ import annotations
 
 import pickle
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,38 +63,58 @@ def autocast(device: torch.device, enabled: bool = True, precision: str = "auto"
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled and bf16)
 
 
+#: Images an image network takes per forward pass on a CPU. Passes this small keep a layer's activations in the
+#: cores' caches: the EfficientNet-Lite0 cover network at 224 px on 2 Xeon cores took 15 ms a cover in passes of 4
+#: and 37 ms in passes of 64, probabilities equal within 1e-7 (benchmarks/image_pass_speed.py). A GPU takes the
+#: caller's batch whole.
+CPU_IMAGE_BATCH = 4
+
+
+def image_batch_size(device: torch.device, batch_size: int) -> int:
+    """Images per forward pass of an image network on ``device`` when ``batch_size`` are wanted at once."""
+    return min(batch_size, CPU_IMAGE_BATCH) if device.type == "cpu" else batch_size
+
+
 @torch.no_grad()
+def _batch_outputs(model: nn.Module, dataset: Dataset, batch_size: int, device: torch.device, progress: bool,
+                   images: bool, precision: str) -> Iterator[torch.Tensor]:
+    """``model``'s outputs batch by batch, in dataset order, on ``device`` (the one loop of every predict path)."""
+    layout = torch.channels_last if images else torch.contiguous_format
+    model.to(device, memory_format=layout).eval()
+    if images:
+        batch_size = image_batch_size(device, batch_size)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, pin_memory=device.type == "cuda")
+    for inputs, _ in progress_bar(loader, desc="predict", nested=True, enabled=progress):
+        inputs = to_device(inputs, device)
+        if images and isinstance(inputs, torch.Tensor) and inputs.ndim == 4:
+            inputs = inputs.contiguous(memory_format=layout)
+        with autocast(device, precision=precision):
+            outputs = model(inputs)
+        yield outputs.float()
+
+
 def predict_proba(model: nn.Module, dataset: Dataset, batch_size: int = 256, device: str = "auto",
-                  progress: bool = False, channels_last: bool = False, precision: str = "auto") -> np.ndarray:
-    """Class probabilities ``(n_items, n_classes)`` float64 in dataset order (softmax of the logits), computed in
+                  progress: bool = False, images: bool = False, precision: str = "auto") -> np.ndarray:
+    """Class probabilities ``(n_items, n_classes)`` float32 in dataset order (softmax of the logits), computed in
     ``precision`` (:data:`PRECISIONS`).
 
-    ``channels_last``: image models run on NHWC tensors (on the CPU ~1.5× faster for the
-    EfficientNet-Lite covers network, probabilities within 1e-6 of NCHW's; on CUDA what the tensor
-    cores want). Batches are copied from pinned memory on CUDA.
+    ``images``: ``model`` is an image network (inputs ``(batch, 3, h, w)``). It runs on NHWC tensors
+    (channels last: on the CPU ~1.5× faster for the EfficientNet-Lite cover network, probabilities within
+    1e-6 of NCHW's; on CUDA what the tensor cores want) and on a CPU in passes of :func:`image_batch_size`.
+    Batches are copied from pinned memory on CUDA.
     """
-    device_ = resolve_device(device)
-    layout = torch.channels_last if channels_last else torch.contiguous_format
-    model.to(device_, memory_format=layout).eval()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, pin_memory=device_.type == "cuda")
-    chunks = []
-    for inputs, _ in progress_bar(loader, desc="predict", nested=True, enabled=progress):
-        inputs = to_device(inputs, device_)
-        if channels_last and isinstance(inputs, torch.Tensor) and inputs.ndim == 4:
-            inputs = inputs.contiguous(memory_format=layout)
-        with autocast(device_, precision=precision):
-            logits = model(inputs)
-        chunks.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
+    chunks = [torch.softmax(logits, dim=1).cpu().numpy()
+              for logits in _batch_outputs(model, dataset, batch_size, resolve_device(device), progress, images,
+                                           precision)]
     return np.concatenate(chunks) if chunks else np.zeros((0, 0))
 
 
-@torch.no_grad()
-def predict_outputs(module: nn.Module, dataset: Dataset, batch_size: int = 256, device: str = "auto") -> np.ndarray:
-    """``module``'s raw outputs ``(n_items, …)`` float32 in dataset order (e.g. embeddings)."""
-    device_ = resolve_device(device)
-    module.to(device_).eval()
-    chunks = [module(to_device(inputs, device_)).float().cpu().numpy()
-              for inputs, _ in DataLoader(dataset, batch_size=batch_size, shuffle=False)]
+def predict_outputs(module: nn.Module, dataset: Dataset, batch_size: int = 256, device: str = "auto",
+                    images: bool = False) -> np.ndarray:
+    """``module``'s raw outputs ``(n_items, …)`` float32 in dataset order (e.g. embeddings), computed in float32;
+    ``images`` as in :func:`predict_proba`."""
+    chunks = [outputs.cpu().numpy()
+              for outputs in _batch_outputs(module, dataset, batch_size, resolve_device(device), False, images, "fp32")]
     return np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
 
 

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from engine.inference import load_checkpoint, predict_proba, read_checkpoint, save_checkpoint
+from engine.inference import (CPU_IMAGE_BATCH, image_batch_size, load_checkpoint, predict_outputs, predict_proba,
+                              read_checkpoint, save_checkpoint)
 from engine.trainer import TrainerConfig, balanced_class_weights, fit, seed_everything
 
 
@@ -450,6 +451,31 @@ def test_predicting_in_channels_last_gives_the_same_probabilities():
                           nn.Linear(8, 3)).eval()
     images = TensorDataset(torch.randn(20, 3, 16, 16), torch.zeros(20, dtype=torch.int64))
     default = predict_proba(model, images, batch_size=8, device="cpu")
-    last = predict_proba(model, images, batch_size=8, device="cpu", channels_last=True)
+    last = predict_proba(model, images, batch_size=8, device="cpu", images=True)
     assert model[0].weight.is_contiguous(memory_format=torch.channels_last)
     np.testing.assert_allclose(last, default, atol=1e-6)
+
+
+def test_an_image_network_on_the_cpu_predicts_in_small_passes_with_the_probabilities_of_one_pass():
+    seed_everything(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(8, 3)).eval()
+    passes: list[int] = []
+    model[0].register_forward_pre_hook(lambda _, inputs: passes.append(len(inputs[0])))
+    x = torch.randn(10, 3, 16, 16)
+    images = TensorDataset(x, torch.zeros(10, dtype=torch.int64))
+    with torch.no_grad():
+        whole, embedded = torch.softmax(model(x), dim=1).numpy(), model[:-1](x).numpy()
+    passes.clear()
+    proba = predict_proba(model, images, batch_size=8, device="cpu", images=True)
+    assert passes == [CPU_IMAGE_BATCH, CPU_IMAGE_BATCH, 2]  # 10 items in passes of 4: the last one partial
+    np.testing.assert_allclose(proba, whole, atol=1e-6)
+    passes.clear()
+    features = predict_outputs(model[:-1], images, batch_size=8, device="cpu", images=True)
+    assert passes == [CPU_IMAGE_BATCH, CPU_IMAGE_BATCH, 2]
+    np.testing.assert_allclose(features, embedded, atol=1e-6)
+    # Other models, and image networks on another device, take the caller's batch whole.
+    passes.clear()
+    predict_proba(model, images, batch_size=8, device="cpu")
+    assert passes == [8, 2]
+    assert image_batch_size(torch.device("cuda"), 256) == 256 and image_batch_size(torch.device("cpu"), 2) == 2
