@@ -63,10 +63,10 @@ def autocast(device: torch.device, enabled: bool = True, precision: str = "auto"
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled and bf16)
 
 
-#: Images an image network takes per forward pass on a CPU. Passes this small keep a layer's activations in the
-#: cores' caches: the EfficientNet-Lite0 cover network at 224 px on 2 Xeon cores took 15 ms a cover in passes of 4
-#: and 37 ms in passes of 64, probabilities equal within 1e-7 (benchmarks/image_pass_speed.py). A GPU takes the
-#: caller's batch whole.
+#: Images an image network takes per forward pass on a CPU. In passes this small the steps that only move memory
+#: (batch norm, ReLU6, padding copies) cost about half as much per image: the EfficientNet-Lite0 cover network at
+#: 224 px on 2 Xeon cores took ~16 ms a cover in passes of 4 and ~35 ms in passes of 64, probabilities equal within
+#: 2e-7 (benchmarks/image_pass_speed.py). A GPU takes the caller's batch whole.
 CPU_IMAGE_BATCH = 4
 
 
