@@ -79,6 +79,11 @@ def test_running_median_equals_scipy():
     x[:, 10:20] = 0.0  # ties
     assert np.array_equal(running_median(x, 31, axis=-1), median_filter(x, size=(1, 31), mode="reflect"))
     assert np.array_equal(running_median(x, 7, axis=-2), median_filter(x, size=(7, 1), mode="reflect"))
+    # Signed values and infinities, rows not a multiple of a vector's lanes: the kernel is not only for magnitudes.
+    signed = np.random.default_rng(1).standard_normal((13, 45)).astype(np.float32)
+    signed[3, 5:9], signed[7, 20:40] = np.inf, -np.inf
+    for width, axis, size in ((31, -1, (1, 31)), (5, -2, (5, 1))):
+        assert np.array_equal(running_median(signed, width, axis), median_filter(signed, size=size, mode="reflect"))
 
 
 def test_bad_audio_is_reported_per_item(tmp_path, data_root):
