@@ -5,7 +5,7 @@ import soundfile as sf
 
 from audio.extract import extract_features
 from audio.features import running_median
-from audio.io import AudioError, load_audio
+from audio.io import AudioError, load_audio, mix_to_mono
 from data.gtzan import FEATURE_COLUMNS
 
 GTZAN_GENRES = ["blues", "classical", "country", "disco", "hiphop", "jazz", "metal", "pop", "reggae", "rock"]
@@ -116,6 +116,18 @@ def test_load_audio_resamples_to_mono_22050(tmp_path):
     assert abs(len(clip.y) - 22050) <= 1
     with pytest.raises(AudioError, match="empty"):
         load_audio(tmp_path / "s.flac", offset=10**7)
+
+
+def test_the_mixdown_is_the_channels_mean():
+    rng = np.random.default_rng(0)
+    for channels in (1, 2, 6):
+        data = rng.standard_normal((5000, channels)).astype(np.float32)
+        mono = mix_to_mono(data)
+        assert mono.dtype == np.float32 and mono.shape == (5000,)
+        assert np.array_equal(mono, data.mean(axis=1))
+    wide = rng.standard_normal((5000, 9)).astype(np.float32)
+    assert np.allclose(mix_to_mono(wide), wide.mean(axis=1), rtol=0, atol=1e-6)
+    assert not np.shares_memory(mix_to_mono(wide[:, :1]), wide)
 
 
 def _agrees(ours: float, theirs: float, column: str) -> bool:
