@@ -226,6 +226,16 @@ def speed() -> str:
         lines += ["", f"Probabilities of every pass size within {largest:.1e} of one pass of all covers.", *_note(passes)]
         if passes.get("complete") is False:
             lines += ["(Incomplete: the run ended before every backbone was measured.)", ""]
+    if median := _load("median_kernel.json"):
+        lines += [f"**HPSS median filters** (`{median['command']}`; {median['clips']} GTZAN clips, "
+                  f"{median['width']} wide along time and along frequency of a {median['spectrogram_shape'][0]} × "
+                  f"{median['spectrogram_shape'][1]} magnitude, one thread, median of {median['rounds']} rounds; "
+                  f"{_machine(median)}; vector extensions {', '.join(median['cpu_vector_extensions'])}):", "",
+                  "| kernel | ms per clip | equal to scipy |", "|---|---|---|"]
+        for kernel, ms in median["ms_per_clip_both_directions"].items():
+            equal = median["equal_to_scipy"].get(kernel)
+            lines.append(f"| {kernel} | {ms} | {'(the reference)' if equal is None else 'yes' if equal else 'NO'} |")
+        lines += _note(median)
     if ray := _load("ray_scoring.json"):
         lines += [f"**Scoring engines, local and Ray** (`{ray['command']}`; {ray['n_rows']} rows; {_machine(ray)}):", "",
                   "| engine | tracks/s | output rows | hours per million tracks, one node |", "|---|---|---|---|"]
