@@ -89,7 +89,6 @@ def _vector_flags() -> list[str]:
 
 
 def main(n_clips: int = 8, rounds: int = 5) -> dict:
-    numba.set_num_threads(1)
     paths = load_gtzan_audio(resolve_data_root() / "gtzan" / "audio").items["audio_path"] \
         .sample(n_clips, random_state=0).tolist()
     magnitudes = [np.abs(librosa.stft(read_audio(path).y, n_fft=N_FFT, hop_length=HOP_LENGTH, pad_mode=PAD_MODE))
