@@ -239,7 +239,7 @@ def test_the_inverse_stft_equals_torchs():
     (what HPSS inverts: no longer the spectrum of any signal)."""
     import torch
 
-    from audio.features_torch import inverse_stft, overlap_add
+    from audio.features_torch import _squared_window_sum, inverse_stft, overlap_add
 
     y = torch.from_numpy(np.random.default_rng(2).standard_normal((2, 22050)).astype(np.float32))
     window = torch.hann_window(2048)
@@ -252,6 +252,12 @@ def test_the_inverse_stft_equals_torchs():
         torch.testing.assert_close(ours, expected, rtol=0, atol=1e-5 * float(expected.abs().max()))
     with pytest.raises(ValueError, match="multiple"):
         overlap_add(torch.zeros(1, 4, 10), 3)
+    with pytest.raises(ValueError, match="multiple"):
+        inverse_stft(spectrum, 2048, 500, window)
+    # The envelope without its frames laid out: the same additions as overlap-adding them.
+    for n_frames in (1, 3, 44):
+        assert torch.equal(_squared_window_sum(window, n_frames, 512),
+                           overlap_add(window.pow(2).expand(1, n_frames, 2048), 512)[0])
 
 
 def test_the_cpu_harmonic_spectrum_equals_the_tensor_mask_and_flags_energy_left_out():
